@@ -1,0 +1,1 @@
+"""Reusable layers (not models themselves)."""
