@@ -1,0 +1,134 @@
+"""On-disk cache of preprocessed slices, so that decoding and windowing happen once.
+
+An entry is keyed by a digest of (reader, cache format version, every preprocessing parameter,
+and the relative path and *content* of every source file). Editing, adding or removing a source
+file, or changing image_size / window / on_bad_file, gives a new key; the old entry is simply
+never read again.
+
+Where it lives: `config.dataset.cache_dir`, or when that is '' `$XDG_CACHE_HOME/ccfl_jax`
+(default `~/.cache/ccfl_jax`); entries are `<root>/slices/<reader>-<key>.npz`.
+How to clear it: `python -m ccfl_jax.data.cache --clear [--cache_dir=DIR]` (or delete the folder).
+"""
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ccfl_jax.data.errors import SkippedFile
+from ccfl_jax.data.real_slices import RealSlices
+
+# Bump when the preprocessing code changes what it produces for the same parameters.
+CACHE_FORMAT_VERSION = 1
+_READ_CHUNK = 1 << 20
+
+
+def cache_root(cache_dir: str = "") -> pathlib.Path:
+  """The cache folder: `cache_dir` if given, else the user's cache dir."""
+  if cache_dir:
+    return pathlib.Path(cache_dir).expanduser()
+  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base) / "ccfl_jax"
+
+
+def files_under(root) -> list[pathlib.Path]:
+  """Every regular, non-hidden file under `root` (or `root` itself), in a stable order."""
+  root = pathlib.Path(root)
+  if root.is_file():
+    return [root]
+  return sorted(p for p in root.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def sources_digest(root, files: Iterable[pathlib.Path]) -> str:
+  """Digest of the files' paths (relative to `root`) and bytes."""
+  root = pathlib.Path(root)
+  digest = hashlib.blake2b(digest_size=20)
+  for path in files:
+    relative = path.name if path == root else path.relative_to(root).as_posix()
+    digest.update(relative.encode() + b"\0")
+    with open(path, "rb") as f:
+      while chunk := f.read(_READ_CHUNK):
+        digest.update(chunk)
+    digest.update(b"\0")
+  return digest.hexdigest()
+
+
+def entry_key(reader: str, params: dict, source_digest: str) -> str:
+  """The cache key of one (reader, preprocessing parameters, sources) combination."""
+  description = json.dumps({"reader": reader, "version": CACHE_FORMAT_VERSION,
+                            "params": params, "sources": source_digest}, sort_keys=True)
+  return hashlib.blake2b(description.encode(), digest_size=20).hexdigest()
+
+
+def _to_arrays(slices: RealSlices) -> dict[str, np.ndarray]:
+  arrays = {"images": slices.images, "labels": slices.labels,
+            "patient_ids": np.asarray(slices.patient_ids, str),
+            "skipped_paths": np.asarray([s.path for s in slices.skipped], str),
+            "skipped_problems": np.asarray([s.problem for s in slices.skipped], str)}
+  for name in ("split", "site", "source_paths", "slice_positions", "slice_thickness"):
+    if getattr(slices, name) is not None:
+      arrays[name] = np.asarray(getattr(slices, name))
+  return arrays
+
+
+def _from_arrays(arrays) -> RealSlices:
+  optional = lambda name: arrays[name] if name in arrays else None
+  skipped = tuple(SkippedFile(str(p), str(q))
+                  for p, q in zip(arrays["skipped_paths"], arrays["skipped_problems"]))
+  return RealSlices(arrays["images"], arrays["labels"], arrays["patient_ids"],
+                    optional("split"), optional("site"), optional("source_paths"),
+                    optional("slice_positions"), optional("slice_thickness"), skipped)
+
+
+def _write_atomically(path: pathlib.Path, arrays: dict) -> None:
+  """Writes beside the target and renames, so a crash never leaves a half-written entry."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+    np.savez(f, **arrays)
+  os.replace(f.name, path)
+
+
+def cached_slices(reader: str, root, params: dict, cache_dir: str,
+                  build: Callable[[], RealSlices]) -> RealSlices:
+  """Returns the cached slices for (reader, params, files under root), building them on a miss."""
+  key = entry_key(reader, params, sources_digest(root, files_under(root)))
+  path = cache_root(cache_dir) / "slices" / f"{reader}-{key}.npz"
+  if path.exists():
+    try:
+      with np.load(path, allow_pickle=False) as arrays:
+        return _from_arrays({name: arrays[name] for name in arrays.files})
+    except (OSError, ValueError, KeyError):
+      pass  # an unreadable entry (disk trouble, older format) is rebuilt, not trusted
+  slices = build()
+  _write_atomically(path, _to_arrays(slices))
+  return slices
+
+
+def clear(cache_dir: str = "") -> pathlib.Path:
+  """Deletes every cached entry; returns the folder that was cleared."""
+  folder = cache_root(cache_dir) / "slices"
+  shutil.rmtree(folder, ignore_errors=True)
+  return folder
+
+
+def main(argv: list[str]) -> None:
+  """`python -m ccfl_jax.data.cache [--clear] [--cache_dir=DIR]`: shows or clears the cache."""
+  cache_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("--cache_dir=")), "")
+  folder = cache_root(cache_dir) / "slices"
+  if "--clear" in argv:
+    print(f"cleared {clear(cache_dir)}")
+    return
+  entries = sorted(folder.glob("*.npz")) if folder.exists() else []
+  size = sum(p.stat().st_size for p in entries)
+  print(f"{folder}: {len(entries)} entries, {size / 2**20:.1f} MiB "
+        "(clear with: python -m ccfl_jax.data.cache --clear)")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
