@@ -1,0 +1,78 @@
+"""IV3*, the paper's model (Kumar et al., Fig. 1, Table III): Inception-V3 features
+classified by capsule layers routed by agreement (eqs. 1-4, Algorithm 1).
+
+The extractor is `ccfl_jax.models.layers.inception.InceptionV3Features` (GroupNorm, not
+BatchNorm; 'SAME' padding; width and depth configurable). The capsule head follows
+`variant`:
+
+  * 'paper' (default), the paper's public Keras code: the feature vector at each of the
+    h x w positions is an input capsule (unsquashed, 2048 x width dims); two capsule layers
+    with weights shared across input capsules, 32 x 32D then num_classes x 16D, 3 routings
+    each, logits reset every iteration, squash with 0.5; cross-entropy on the lengths.
+  * 'sabour': Sabour's head on the same features: PrimaryCapsules (32 types x 8D, 3x3,
+    stride 1) then num_classes x 16D class capsules with a matrix per capsule pair, logits
+    accumulated, margin loss; optional reconstruction decoder.
+
+Class probabilities are the class-capsule lengths normalized over classes.
+"""
+import flax.linen as nn
+
+from ccfl_jax.models.layers.capsule import (CapsuleDecoder, CapsuleOutputs, PrimaryCapsules,
+                                            RoutingCapsules, capsule_loss, capsule_probabilities,
+                                            routing_rules)
+from ccfl_jax.models.layers.inception import InceptionV3Features
+
+loss = capsule_loss
+probabilities = capsule_probabilities
+
+TINY_KWARGS = dict(width_multiplier=1 / 16, blocks=(1, 1, 1), hidden_capsules=4,
+                   hidden_capsule_dim=4, class_capsule_dim=4)
+
+
+class CapsuleHead(nn.Module):
+  """Feature map (B, h, w, C) -> class capsules (B, num_classes, class_capsule_dim)."""
+  num_classes: int
+  hidden_capsules: int      # 'paper': first capsule layer; 'sabour': primary capsule types
+  hidden_capsule_dim: int
+  class_capsule_dim: int
+  routing_iterations: int
+  variant: str
+
+  @nn.compact
+  def __call__(self, features):
+    rules = routing_rules(self.variant)
+    if rules.share_weights:
+      x = features.reshape(features.shape[0], -1, features.shape[-1])
+      x = RoutingCapsules(self.hidden_capsules, self.hidden_capsule_dim,
+                          self.routing_iterations, self.variant, name="hidden_capsules")(x)
+    else:
+      x = PrimaryCapsules(self.hidden_capsules, self.hidden_capsule_dim, kernel_size=3,
+                          strides=1, padding="SAME", squash_offset=rules.squash_offset,
+                          name="primary_capsules")(features)
+    return RoutingCapsules(self.num_classes, self.class_capsule_dim, self.routing_iterations,
+                           self.variant, name="class_capsules")(x)
+
+
+class Model(nn.Module):
+  num_classes: int = 2
+  width_multiplier: float = 1.0
+  blocks: tuple[int, int, int] = (3, 4, 2)
+  variant: str = "paper"
+  hidden_capsules: int = 32
+  hidden_capsule_dim: int = 32
+  class_capsule_dim: int = 16
+  routing_iterations: int = 3
+  reconstruction: bool = False
+  decoder_widths: tuple[int, ...] = (512, 1024)
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    features = InceptionV3Features(self.width_multiplier, self.blocks, name="features")(images)
+    capsules = CapsuleHead(self.num_classes, self.hidden_capsules, self.hidden_capsule_dim,
+                           self.class_capsule_dim, self.routing_iterations, self.variant,
+                           name="head")(features)
+    reconstructions = None
+    if self.reconstruction:
+      reconstructions = CapsuleDecoder(images.shape[1:], self.decoder_widths,
+                                       name="decoder")(capsules)
+    return CapsuleOutputs(capsules, reconstructions, routing_rules(self.variant).objective)
