@@ -1,0 +1,60 @@
+"""Synthetic rounds for tests and benchmarks: the ledger's inputs without training a model.
+
+`synthetic_round` produces what the compiled round would hand to record_round: a random
+sample of hospitals, per-hospital update pytrees of the small CNN's size, a cross-evaluation
+MAE matrix in which hospitals listed in `poisoned` score badly, the eq. 15 scores and the
+consensus decision. Everything is drawn from numpy Generators seeded by (seed, round).
+"""
+import dataclasses
+
+import numpy as np
+
+from ccfl_jax.ledger import consensus
+from ccfl_jax.ledger import run_ledger as run_lib
+from ccfl_jax.ledger.digests import update_digest
+
+SMALL_CNN_SHAPES = {"conv0": (3, 3, 1, 16), "conv1": (3, 3, 16, 32), "conv2": (3, 3, 32, 64),
+                    "conv3": (3, 3, 64, 64), "head": (64, 2)}  # ~60k float32 parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticRound:
+  sampled: tuple[int, ...]
+  updates: tuple[dict, ...]
+  local_maes: np.ndarray
+  mae_matrix: np.ndarray
+  vote_scores: np.ndarray
+  accepted: np.ndarray
+
+
+def small_cnn_tree(rng: np.random.Generator) -> dict:
+  return {name: {"kernel": rng.normal(0, 0.01, shape).astype(np.float32),
+                 "bias": np.zeros(shape[-1], np.float32)}
+          for name, shape in SMALL_CNN_SHAPES.items()}
+
+
+def synthetic_round(run: run_lib.RunLedger, round_index: int, hospitals_per_round: int,
+                    seed: int = 0, poisoned=()) -> SyntheticRound:
+  rng = np.random.default_rng([seed, round_index])
+  num_hospitals = len(run.hospitals)
+  sampled = tuple(sorted(rng.choice(num_hospitals, hospitals_per_round, replace=False).tolist()))
+  verifiers = run_lib.round_roles(run, round_index).verifiers
+  bad = np.array([h in poisoned for h in sampled])
+  mae_matrix = (rng.uniform(0.15, 0.25, (len(sampled), len(verifiers)))
+                + 0.5 * bad[:, None]).astype(np.float32)
+  local_maes = rng.uniform(0.1, 0.2, len(sampled)).astype(np.float32)
+  rule = run.consensus
+  scores = np.asarray(consensus.vote_scores(mae_matrix, local_maes, rule.gamma))
+  accepted = np.asarray(consensus.accept_mask(scores, rule.rule, rule.k, rule.absolute_threshold,
+                                              rule.mad_floor))
+  updates = tuple(small_cnn_tree(rng) for _ in sampled)
+  return SyntheticRound(sampled, updates, local_maes, mae_matrix, scores, accepted)
+
+
+def record_synthetic_round(run: run_lib.RunLedger, round_index: int, r: SyntheticRound,
+                           epsilon: float, checkpoint_dir=None) -> run_lib.RunLedger:
+  return run_lib.record_round(
+      run, round_index, sampled=r.sampled, update_digests=[update_digest(u) for u in r.updates],
+      local_maes=r.local_maes, mae_matrix=r.mae_matrix, vote_scores=r.vote_scores,
+      accepted=r.accepted, epsilon=epsilon, delta=1e-5, sigma=1.0, clip_norm=1.0,
+      checkpoint_dir=checkpoint_dir, params_digest=update_digest(r.updates[0]))

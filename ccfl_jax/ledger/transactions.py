@@ -1,0 +1,127 @@
+"""Ledger transactions: who did what, signed by the one who did it.
+
+A transaction is (kind, author, body, signature). `author` is the signer's node id
+(identity.py); `body` is a JSON object whose fields per kind are listed in `FIELDS`. The
+signature is ECDSA secp256k1 (deterministic, RFC 6979, DER, hex) over sha256 of the
+canonical encoding (canonical.py: sorted-key compact JSON, UTF-8, bytes as hex) of
+{"kind", "author", "body"}. The transaction's hash, the Merkle leaf of its block, is sha256
+of the canonical encoding of all four fields, so it also covers the signature.
+
+Kinds, and who signs them:
+- register_hospital (the hospital itself): its compressed public key and node id.
+- register_data (the hospital): data type, patient and slice counts, sha256 of the data
+  manifest. Never data: the paper keeps images at the hospital (section "Blockchain based
+  fast and effective Federated Learning").
+- round_start (the round's leader): the hospitals sampled this round, the verifier panel,
+  and the consensus rule in force. Recording the sample is what lets validation refuse a
+  local update from a hospital that was not sampled.
+- local_update (the sampled hospital): round, sha256 of its clipped update, its own
+  validation MAE (eq. 14).
+- vote (a verifier): round and, per local update, the MAE the verifier measured on its
+  own batch (eq. 14), the combined score (eq. 15) and accept/reject.
+- global_model (the round's leader): round, sha256 of the orbax checkpoint (or null in a
+  round without one) and of the global parameters, epsilon and delta spent so far, sigma,
+  S, m_t, and the accepted hospitals.
+"""
+import dataclasses
+import json
+
+from ccfl_jax.ledger import identity as identity_lib
+from ccfl_jax.ledger.canonical import canonical_json, finite_or_none, sha256_hex
+
+FIELDS = {
+    "register_hospital": ("hospital", "public_key"),
+    "register_data": ("hospital", "data_type", "num_patients", "num_slices", "manifest_sha256"),
+    "round_start": ("round", "sampled", "verifiers", "consensus"),
+    "local_update": ("round", "hospital", "update_sha256", "local_mae"),
+    "vote": ("round", "verifier", "votes"),
+    "global_model": ("round", "checkpoint", "params_sha256", "epsilon", "delta", "sigma",
+                     "clip_norm", "num_sampled", "accepted"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Transaction:
+  kind: str
+  author: str       # node id of the signer
+  body_json: str    # canonical JSON of the body: a str keeps the value immutable
+  signature: str    # hex DER
+
+  @property
+  def body(self) -> dict:
+    """A fresh copy of the body: mutating it cannot change the transaction."""
+    return json.loads(self.body_json)
+
+  def signing_message(self) -> bytes:
+    return signing_message(self.kind, self.author, self.body)
+
+  def to_json(self) -> dict:
+    return {"kind": self.kind, "author": self.author, "body": self.body,
+            "signature": self.signature}
+
+  def digest(self) -> str:
+    """The Merkle leaf: sha256 of the canonical encoding of all four fields."""
+    return sha256_hex(canonical_json(self.to_json()))
+
+
+def signing_message(kind: str, author: str, body: dict) -> bytes:
+  return canonical_json({"kind": kind, "author": author, "body": body})
+
+
+def signed(signer: identity_lib.Identity, kind: str, body: dict) -> Transaction:
+  author = signer.node_id
+  signature = identity_lib.sign(signer, signing_message(kind, author, body))
+  return Transaction(kind, author, canonical_json(body).decode("utf-8"), signature)
+
+
+def from_json(record: dict) -> Transaction:
+  if set(record) != {"kind", "author", "body", "signature"}:
+    raise ValueError(f"transaction fields {sorted(record)}")
+  return Transaction(record["kind"], record["author"],
+                     canonical_json(record["body"]).decode("utf-8"), record["signature"])
+
+
+def register_hospital(hospital: identity_lib.Identity) -> Transaction:
+  return signed(hospital, "register_hospital",
+                {"hospital": hospital.node_id, "public_key": hospital.public_key.hex()})
+
+
+def register_data(hospital: identity_lib.Identity, data_type: str, num_patients: int,
+                  num_slices: int, manifest_sha256: str) -> Transaction:
+  return signed(hospital, "register_data", {
+      "hospital": hospital.node_id, "data_type": str(data_type),
+      "num_patients": int(num_patients), "num_slices": int(num_slices),
+      "manifest_sha256": str(manifest_sha256)})
+
+
+def round_start(leader: identity_lib.Identity, round_index: int, sampled, verifiers,
+                consensus: dict) -> Transaction:
+  return signed(leader, "round_start", {
+      "round": int(round_index), "sampled": list(sampled), "verifiers": list(verifiers),
+      "consensus": dict(consensus)})
+
+
+def local_update(hospital: identity_lib.Identity, round_index: int, update_sha256: str,
+                 local_mae: float) -> Transaction:
+  return signed(hospital, "local_update", {
+      "round": int(round_index), "hospital": hospital.node_id,
+      "update_sha256": str(update_sha256), "local_mae": finite_or_none(local_mae)})
+
+
+def vote(verifier: identity_lib.Identity, round_index: int, votes) -> Transaction:
+  """votes: iterable of (hospital id, measured MAE, eq. 15 score, accept)."""
+  return signed(verifier, "vote", {
+      "round": int(round_index), "verifier": verifier.node_id,
+      "votes": [{"hospital": h, "mae": finite_or_none(mae), "score": finite_or_none(score),
+                 "accept": bool(accept)} for h, mae, score, accept in votes]})
+
+
+def global_model(leader: identity_lib.Identity, round_index: int, checkpoint: dict | None,
+                 params_sha256: str | None, epsilon: float, delta: float, sigma: float,
+                 clip_norm: float, num_sampled: int, accepted) -> Transaction:
+  """checkpoint: {"path": relative to the run dir, "sha256", "files": {path: sha256}} or None."""
+  return signed(leader, "global_model", {
+      "round": int(round_index), "checkpoint": checkpoint, "params_sha256": params_sha256,
+      "epsilon": finite_or_none(epsilon), "delta": float(delta), "sigma": float(sigma),
+      "clip_norm": float(clip_norm), "num_sampled": int(num_sampled),
+      "accepted": list(accepted)})
