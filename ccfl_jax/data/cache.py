@@ -3,10 +3,11 @@
 An entry is keyed by a digest of (reader, cache format version, every preprocessing parameter,
 and the relative path and *content* of every source file). Editing, adding or removing a source
 file, or changing image_size / window / on_bad_file, gives a new key; the old entry is simply
-never read again.
+never read again. (A file's content digest is remembered with its size and modification time,
+and recomputed when either changes, so a hit costs a `stat` per file, not a full reread.)
 
 Where it lives: `config.dataset.cache_dir`, or when that is '' `$XDG_CACHE_HOME/ccfl_jax`
-(default `~/.cache/ccfl_jax`); entries are `<root>/slices/<reader>-<key>.npz`.
+(default `~/.cache/ccfl_jax`); entries are `<root>/slices/<reader>-<key>.npz`, digests `<root>/file_digests/`.
 How to clear it: `python -m ccfl_jax.data.cache --clear [--cache_dir=DIR]` (or delete the folder).
 """
 import hashlib
@@ -45,18 +46,54 @@ def files_under(root) -> list[pathlib.Path]:
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def sources_digest(root, files: Iterable[pathlib.Path]) -> str:
-  """Digest of the files' paths (relative to `root`) and bytes."""
-  root = pathlib.Path(root)
+def file_digest(path: pathlib.Path) -> str:
+  """Digest of one file's bytes."""
   digest = hashlib.blake2b(digest_size=20)
+  with open(path, "rb") as f:
+    while chunk := f.read(_READ_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _memo_path(root: pathlib.Path, cache_dir: str) -> pathlib.Path:
+  name = hashlib.blake2b(str(root.resolve()).encode(), digest_size=12).hexdigest()
+  return cache_root(cache_dir) / "file_digests" / f"{name}.json"
+
+
+def sources_digest(root, files: Iterable[pathlib.Path], cache_dir: str | None = None) -> str:
+  """Digest of the files' paths (relative to `root`) and contents.
+
+  With `cache_dir` (not None), each file's content digest is remembered beside the cache with
+  its size and modification time and recomputed only when one of them changes (as git and make
+  notice edits), so a cache hit does not reread every source byte.
+  """
+  root = pathlib.Path(root)
+  memo_path = None if cache_dir is None else _memo_path(root, cache_dir)
+  memo = {}
+  if memo_path is not None and memo_path.exists():
+    try:
+      memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+      memo = {}  # a damaged memo only costs rehashing
+  updated, combined = {}, hashlib.blake2b(digest_size=20)
   for path in files:
     relative = path.name if path == root else path.relative_to(root).as_posix()
-    digest.update(relative.encode() + b"\0")
-    with open(path, "rb") as f:
-      while chunk := f.read(_READ_CHUNK):
-        digest.update(chunk)
-    digest.update(b"\0")
-  return digest.hexdigest()
+    stat = path.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    known = memo.get(relative)
+    digest = known[2] if known and known[:2] == stamp else file_digest(path)
+    updated[relative] = stamp + [digest]
+    combined.update(f"{relative}\0{digest}\0".encode())
+  if memo_path is not None and updated != memo:
+    _write_text_atomically(memo_path, json.dumps(updated))
+  return combined.hexdigest()
+
+
+def _write_text_atomically(path: pathlib.Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+    f.write(text)
+  os.replace(f.name, path)
 
 
 def entry_key(reader: str, params: dict, source_digest: str) -> str:
@@ -97,7 +134,7 @@ def _write_atomically(path: pathlib.Path, arrays: dict) -> None:
 def cached_slices(reader: str, root, params: dict, cache_dir: str,
                   build: Callable[[], RealSlices]) -> RealSlices:
   """Returns the cached slices for (reader, params, files under root), building them on a miss."""
-  key = entry_key(reader, params, sources_digest(root, files_under(root)))
+  key = entry_key(reader, params, sources_digest(root, files_under(root), cache_dir))
   path = cache_root(cache_dir) / "slices" / f"{reader}-{key}.npz"
   if path.exists():
     try:
@@ -112,9 +149,10 @@ def cached_slices(reader: str, root, params: dict, cache_dir: str,
 
 def clear(cache_dir: str = "") -> pathlib.Path:
   """Deletes every cached entry; returns the folder that was cleared."""
-  folder = cache_root(cache_dir) / "slices"
-  shutil.rmtree(folder, ignore_errors=True)
-  return folder
+  root = cache_root(cache_dir)
+  for folder in ("slices", "file_digests"):
+    shutil.rmtree(root / folder, ignore_errors=True)
+  return root
 
 
 def main(argv: list[str]) -> None:

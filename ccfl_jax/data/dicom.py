@@ -140,7 +140,7 @@ def read_dataset(path) -> pydicom.Dataset:
     raise DataError(path, f"corrupt or truncated DICOM file ({type(error).__name__}: {error})") \
         from error
   if "PixelData" not in dataset:
-    raise DataError(path, "DICOM file has no pixel data")
+    raise DataError(path, "DICOM file has no pixel data (missing, or the file is truncated)")
   if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
     raise DataError(path, "DICOM file has no transfer syntax (missing file meta)")
   problem = _decoder_problem(dataset)
