@@ -70,3 +70,88 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 5
   c.max_checkpoints_to_keep = 3
   return c
+
+
+CHOICES = {
+    "partition.kind": ("iid", "dirichlet", "by_site"),
+    "dataset.on_bad_file": ("error", "skip"),
+    "engine.kind": ("compiled", "sequential"),
+    "engine.hospital_axis": ("auto", "vmap", "unroll"),
+    "engine.unroll_local_steps": ("auto", "true", "false"),
+}
+FREE_FORM_BLOCKS = ("model", "local_optimizer", "server_optimizer")  # kwargs of what they build
+
+
+def as_bool(value) -> bool:
+  return value if isinstance(value, bool) else str(value).lower() == "true"
+
+
+def _unknown_fields(config, schema, prefix=""):
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in schema:
+      near = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+      yield (f"config.{path}: unknown field{hint}; valid fields here: "
+             f"{', '.join(sorted(schema.keys()))}")
+    elif isinstance(schema[key], ml_collections.ConfigDict) and key not in FREE_FORM_BLOCKS:
+      yield from _unknown_fields(config[key], schema[key], path + ".")
+
+
+def _get(config, path):
+  for part in path.split("."):
+    config = config[part]
+  return config
+
+
+def _check(condition: bool, field: str, expected: str, config) -> None:
+  if not condition:
+    raise ConfigError(f"config.{field} = {_get(config, field)!r}: expected {expected}")
+
+
+def validate(config) -> None:
+  """Raises ConfigError naming the first field a run cannot use and what it expects."""
+  from ccfl_jax.data import datasets  # late imports: the registries import JAX and models
+  from ccfl_jax.models import model_names
+  import optax
+
+  for message in _unknown_fields(config, default_config()):
+    raise ConfigError(message)
+  for field, choices in CHOICES.items():
+    value = _get(config, field)
+    value = str(value).lower() if isinstance(value, bool) else value
+    _check(value in choices, field, f"one of {', '.join(choices)}", config)
+  _check(config.model.name in model_names(), "model.name",
+         f"one of {', '.join(model_names())}", config)
+  _check(config.dataset.name in datasets.dataset_names(), "dataset.name",
+         f"one of {', '.join(datasets.dataset_names())}", config)
+  for block in ("local_optimizer", "server_optimizer"):
+    name = _get(config, f"{block}.name")
+    valid = name == "fedavg" if block == "server_optimizer" else False
+    _check(valid or callable(getattr(optax, str(name), None)), f"{block}.name",
+           "an optax optimizer such as sgd, adam, adamw, momentum" +
+           (" or fedavg" if block == "server_optimizer" else ""), config)
+    _check(_get(config, f"{block}.learning_rate") > 0, f"{block}.learning_rate", "> 0", config)
+  _check(config.num_hospitals >= 1, "num_hospitals", "an integer >= 1", config)
+  _check(1 <= config.hospitals_per_round <= config.num_hospitals, "hospitals_per_round",
+         f"1 <= m_t <= num_hospitals ({config.num_hospitals})", config)
+  _check(config.privacy.clip_norm > 0, "privacy.clip_norm", "S > 0", config)
+  _check(config.privacy.noise_multiplier >= 0, "privacy.noise_multiplier", "sigma >= 0", config)
+  _check(0 < config.privacy.delta < 1, "privacy.delta", "0 < delta < 1", config)
+  for field in ("num_rounds", "local_steps", "batch_size", "eval_batch_size",
+                "checkpoint_every", "max_checkpoints_to_keep"):
+    _check(_get(config, field) >= 1, field, "an integer >= 1", config)
+  _check(config.dataset.image_size >= 8, "dataset.image_size", "an integer >= 8", config)
+  _check(config.dataset.window_width > 0, "dataset.window_width", "> 0 (HU)", config)
+  _check(0 <= config.partition.test_fraction < 1, "partition.test_fraction", "in [0, 1)", config)
+  _check(config.partition.alpha > 0, "partition.alpha", "> 0", config)
+  _check(0 <= config.dataset.covid_fraction <= 1, "dataset.covid_fraction", "in [0, 1]", config)
+  _check(config.engine.num_devices >= 0, "engine.num_devices", ">= 0 (0 = all devices)", config)
+  _check(config.dataset.name == "phantom" or bool(config.dataset.path), "dataset.path",
+         f"the folder of the {config.dataset.name!r} dataset", config)
+  try:
+    from ccfl_jax.models import get_model
+    get_model(config.model.name, **{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in config.model.items() if k != "name"})
+  except TypeError as error:
+    raise ConfigError(f"config.model: {error}") from None

@@ -178,6 +178,18 @@ def record_round(run: RunLedger, round_index: int, *, sampled: Sequence[int],
   accepted: boolean [len(sampled)] (consensus.accept_mask); checkpoint_dir: the orbax step
   folder holding this round's global model, or None in a round without a checkpoint.
   """
+  transactions = round_transactions(
+      run, round_index, sampled=sampled, update_digests=update_digests, local_maes=local_maes,
+      mae_matrix=mae_matrix, vote_scores=vote_scores, accepted=accepted, epsilon=epsilon,
+      delta=delta, sigma=sigma, clip_norm=clip_norm, checkpoint_dir=checkpoint_dir,
+      params_digest=params_digest)
+  return _commit(run, round_index, transactions[0].author, transactions)
+
+
+def round_transactions(run: RunLedger, round_index: int, *, sampled, update_digests, local_maes,
+                       mae_matrix, vote_scores, accepted, epsilon, delta, sigma, clip_norm,
+                       checkpoint_dir=None, params_digest=None) -> list[tx_lib.Transaction]:
+  """The signed transactions of a round block, in block order (pure but for hashing files)."""
   roles = round_roles(run, round_index)
   hospitals = run.hospitals
   sampled = [int(h) for h in sampled]
@@ -200,7 +212,7 @@ def record_round(run: RunLedger, round_index: int, *, sampled: Sequence[int],
       leader, round_index, _checkpoint_entry(run.run_dir, checkpoint_dir), params_digest,
       epsilon, delta, sigma, clip_norm, len(sampled),
       [i for i, keep in zip(sampled_ids, accepted) if keep]))
-  return _commit(run, round_index, leader.node_id, transactions)
+  return transactions
 
 
 def _checkpoint_entry(run_dir: pathlib.Path, checkpoint_dir) -> dict | None:

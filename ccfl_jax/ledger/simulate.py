@@ -51,10 +51,14 @@ def synthetic_round(run: run_lib.RunLedger, round_index: int, hospitals_per_roun
   return SyntheticRound(sampled, updates, local_maes, mae_matrix, scores, accepted)
 
 
+def round_arguments(r: SyntheticRound, epsilon: float, checkpoint_dir=None) -> dict:
+  """record_round's keyword arguments for a synthetic round."""
+  return dict(sampled=r.sampled, update_digests=[update_digest(u) for u in r.updates],
+              local_maes=r.local_maes, mae_matrix=r.mae_matrix, vote_scores=r.vote_scores,
+              accepted=r.accepted, epsilon=epsilon, delta=1e-5, sigma=1.0, clip_norm=1.0,
+              checkpoint_dir=checkpoint_dir, params_digest=update_digest(r.updates[0]))
+
+
 def record_synthetic_round(run: run_lib.RunLedger, round_index: int, r: SyntheticRound,
                            epsilon: float, checkpoint_dir=None) -> run_lib.RunLedger:
-  return run_lib.record_round(
-      run, round_index, sampled=r.sampled, update_digests=[update_digest(u) for u in r.updates],
-      local_maes=r.local_maes, mae_matrix=r.mae_matrix, vote_scores=r.vote_scores,
-      accepted=r.accepted, epsilon=epsilon, delta=1e-5, sigma=1.0, clip_norm=1.0,
-      checkpoint_dir=checkpoint_dir, params_digest=update_digest(r.updates[0]))
+  return run_lib.record_round(run, round_index, **round_arguments(r, epsilon, checkpoint_dir))

@@ -1,0 +1,28 @@
+"""The server: its state and how it applies the round's noisy mean update."""
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+
+class ServerState(NamedTuple):
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(name: str, learning_rate: float, **kwargs) -> optax.GradientTransformation:
+  """An optax optimizer by name; 'fedavg' is plain SGD with learning rate 1 on -Δw."""
+  if name == "fedavg":
+    return optax.sgd(1.0)
+  return getattr(optax, name)(learning_rate, **kwargs)
+
+
+def init_state(params, optimizer) -> ServerState:
+  return ServerState(params, optimizer.init(params))
+
+
+def apply_update(state: ServerState, mean_update, optimizer) -> ServerState:
+  """Treats -Δw as the server's gradient, so FedAvg (sgd, lr 1) gives w + Δw."""
+  pseudo_gradient = jax.tree.map(lambda u: -u, mean_update)
+  updates, opt_state = optimizer.update(pseudo_gradient, state.opt_state, state.params)
+  return ServerState(optax.apply_updates(state.params, updates), opt_state)

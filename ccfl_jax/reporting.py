@@ -1,0 +1,90 @@
+"""What a run prints and writes: the per-round log line, summary.json/.md and curves.png."""
+import json
+import logging
+import math
+import pathlib
+
+METRIC_NAMES = ("accuracy", "precision", "sensitivity", "specificity", "auc")
+
+LOG = logging.getLogger("ccfl_jax")
+
+
+def log_round(record: dict, num_rounds: int, round_times: list[float]) -> None:
+  """round, loss, test accuracy, ε, seconds per round, ETA."""
+  recent = round_times[1:] or round_times  # the first round includes compilation
+  eta = (num_rounds - record["round"]) * sum(recent) / len(recent)
+  LOG.info("round %d/%d  loss %.4f  test acc %.3f  sens %.3f  spec %.3f  eps %.3g "
+               "(delta %.0e)  %.2fs/round  ETA %.0fs", record["round"], num_rounds,
+               record["local_loss"], record["accuracy"], record["sensitivity"],
+               record["specificity"], record["epsilon"], record["delta"],
+               record["round_seconds"], eta)
+
+
+def summarize(config, records: list[dict], data_counts: list[dict], seconds: float,
+              devices) -> dict:
+  final = records[-1] if records else {}
+  return dict(
+      run_name=config.run_name, rounds=len(records),
+      final={k: final.get(k) for k in METRIC_NAMES + ("test_loss", "confusion_matrix")},
+      privacy=dict(epsilon=final.get("epsilon"), delta=config.privacy.delta,
+                   noise_multiplier=config.privacy.noise_multiplier,
+                   clip_norm=config.privacy.clip_norm, accountant="RDP (dp_accounting), "
+                   "sampling without replacement, REPLACE_ONE, sensitivity 2S",
+                   unit="one hospital's whole dataset"),
+      data=data_counts, seconds_this_process=seconds,
+      mean_round_seconds=(sum(r["round_seconds"] for r in records[1:]) / (len(records) - 1)
+                          if len(records) > 1 else None),
+      devices=[str(d) for d in devices], config=json.loads(config.to_json()))
+
+
+def _fmt(value) -> str:
+  if isinstance(value, float):
+    return "inf" if math.isinf(value) else f"{value:.4g}"
+  return str(value)
+
+
+def summary_markdown(summary: dict) -> str:
+  f, p = summary["final"], summary["privacy"]
+  lines = [f"# Run `{summary['run_name']}`", "",
+           f"{summary['rounds']} rounds; devices: {', '.join(summary['devices'])}; "
+           f"mean round time {_fmt(summary['mean_round_seconds'])} s.", "",
+           "## Final test metrics (held-out patients, slice level, threshold 0.5)", "",
+           "| " + " | ".join(METRIC_NAMES) + " | test loss |",
+           "|" + "---|" * (len(METRIC_NAMES) + 1),
+           "| " + " | ".join(_fmt(f[k]) for k in METRIC_NAMES) + f" | {_fmt(f['test_loss'])} |", "",
+           f"Confusion matrix [[TN, FP], [FN, TP]]: {f['confusion_matrix']}", "",
+           "## Privacy", "",
+           f"(ε, δ) = ({_fmt(p['epsilon'])}, {p['delta']:g}) with noise multiplier σ = "
+           f"{p['noise_multiplier']}, clip norm S = {p['clip_norm']}; accountant: {p['accountant']}; "
+           f"unit of privacy: {p['unit']}.", "",
+           "## Data (patients, slices, positive slices)", "",
+           "| split | patients | slices | positive slices |", "|---|---|---|---|"]
+  lines += [f"| {r['name']} | {r['patients']} | {r['slices']} | {r['positive_slices']} |"
+            for r in summary["data"]]
+  lines += ["", "## Config", "", "```json", json.dumps(summary["config"], indent=2,
+                                                        sort_keys=True), "```", ""]
+  return "\n".join(lines)
+
+
+def plot_curves(path: pathlib.Path, records: list[dict]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rounds = [r["round"] for r in records]
+  fig, (ax_metrics, ax_eps) = plt.subplots(1, 2, figsize=(10, 3.5))
+  for name in METRIC_NAMES:
+    ax_metrics.plot(rounds, [r[name] for r in records], label=name)
+  ax_metrics.set(xlabel="round", title="test metrics", ylim=(0, 1.02))
+  ax_metrics.legend(fontsize=8)
+  ax_eps.plot(rounds, [r["epsilon"] for r in records])
+  ax_eps.set(xlabel="round", title=f"ε at δ = {records[-1]['delta']:g}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict]) -> None:
+  (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+  (run_dir / "summary.md").write_text(summary_markdown(summary))
+  if records:
+    plot_curves(run_dir / "curves.png", records)

@@ -1,0 +1,200 @@
+"""append refuses, and verify catches, every forged or misplaced block and transaction."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ccfl_jax.ledger import audit
+from ccfl_jax.ledger import block as block_lib
+from ccfl_jax.ledger import identity
+from ccfl_jax.ledger import run_ledger
+from ccfl_jax.ledger import simulate
+from ccfl_jax.ledger import store
+from ccfl_jax.ledger import transactions as tx_lib
+from ccfl_jax.ledger import validate
+
+NUM_HOSPITALS, PER_ROUND = 5, 3
+
+
+@pytest.fixture
+def run(tmp_path):
+  """A run folder with registrations and rounds 0 and 1 recorded (epsilon 1.0 after round 1)."""
+  run = run_ledger.open_run_ledger(tmp_path / "run", seed=0, num_hospitals=NUM_HOSPITALS)
+  for r in range(2):
+    run = simulate.record_synthetic_round(run, r, simulate.synthetic_round(run, r, PER_ROUND),
+                                          epsilon=0.5 * (r + 1))
+  return run
+
+
+def round_two(run, **changes):
+  """The honest transactions of round 2, with record_round arguments replaced by `changes`."""
+  arguments = simulate.round_arguments(simulate.synthetic_round(run, 2, PER_ROUND, poisoned=()),
+                                       epsilon=1.5)
+  return run_ledger.round_transactions(run, 2, **{**arguments, **changes})
+
+
+def seal(run, transactions, round_index=2, **header):
+  fields = dict(index=len(run.ledger.blocks), prev_hash=run.ledger.head_hash,
+                round_index=round_index, leader=transactions[0].author,
+                difficulty=run.ledger.state.difficulty)
+  fields.update(header)
+  return block_lib.seal(transactions=transactions, **fields)
+
+
+def local_update_position(transactions):
+  return next(i for i, t in enumerate(transactions) if t.kind == "local_update")
+
+
+def sampled_ids(transactions):
+  return transactions[0].body["sampled"]
+
+
+def with_wrong_key(run):
+  txs = round_two(run)
+  i = local_update_position(txs)
+  author = txs[i].author
+  impostor = next(h for h in run.hospitals if h.node_id != author)
+  txs[i] = dataclasses.replace(txs[i], signature=identity.sign(impostor, txs[i].signing_message()))
+  return txs, "bad signature"
+
+
+def from_unregistered(run):
+  txs = round_two(run)
+  outsider = identity.hospital_identity(999, 0)
+  i = local_update_position(txs)
+  txs[i] = tx_lib.local_update(outsider, 2, "ab" * 32, 0.1)
+  return txs, "not a registered hospital"
+
+
+def replayed_from_round_one(run):
+  txs = round_two(run)
+  old = next(t for t in run.ledger.blocks[-1].transactions if t.kind == "local_update")
+  txs[local_update_position(txs)] = old
+  return txs, "round 1 in the block of round 2"
+
+
+def round_rewritten_under_old_signature(run):
+  txs = round_two(run)
+  old = next(t for t in run.ledger.blocks[-1].transactions if t.kind == "local_update")
+  body = {**old.body, "round": 2}
+  forged = tx_lib.Transaction(old.kind, old.author, tx_lib.canonical_json(body).decode(),
+                              old.signature)
+  txs[local_update_position(txs)] = forged
+  return txs, "bad signature"
+
+
+def from_hospital_not_sampled(run):
+  txs = round_two(run)
+  outsider = next(h for h in run.hospitals if h.node_id not in sampled_ids(txs))
+  txs[local_update_position(txs)] = tx_lib.local_update(outsider, 2, "cd" * 32, 0.1)
+  return txs, "not sampled"
+
+
+def duplicated_update(run):
+  txs = round_two(run)
+  i = local_update_position(txs)
+  return txs[:i + 1] + [txs[i]] + txs[i + 1:], "second local update"
+
+
+def epsilon_decreasing(run):
+  return round_two(run, epsilon=0.2), "epsilon decreased"
+
+
+def consensus_overruled(run):
+  arguments = simulate.round_arguments(simulate.synthetic_round(run, 2, PER_ROUND), epsilon=1.5)
+  scores = np.array(arguments["vote_scores"])
+  scores[0] += 5.0  # an update far outside median + k * MAD ...
+  mae = np.array(arguments["mae_matrix"])
+  mae[0] += 5.0
+  txs = run_ledger.round_transactions(run, 2, **{**arguments, "vote_scores": scores,
+                                                 "mae_matrix": mae,
+                                                 "accepted": np.ones(PER_ROUND, bool)})
+  return txs, "rejects"  # ... that the leader and verifiers nevertheless accept
+
+
+def scores_not_from_maes(run):
+  arguments = simulate.round_arguments(simulate.synthetic_round(run, 2, PER_ROUND), epsilon=1.5)
+  return round_two(run, vote_scores=np.array(arguments["vote_scores"]) * 0.5), "eq. 15"
+
+
+def global_model_by_non_leader(run):
+  txs = round_two(run)
+  body = txs[-1].body
+  other = next(h for h in run.hospitals if h.node_id != txs[-1].author)
+  txs[-1] = tx_lib.signed(other, "global_model", body)
+  return txs, "leader"
+
+
+FORGERIES = [with_wrong_key, from_unregistered, replayed_from_round_one,
+             round_rewritten_under_old_signature, from_hospital_not_sampled, duplicated_update,
+             epsilon_decreasing, consensus_overruled, scores_not_from_maes,
+             global_model_by_non_leader]
+
+
+def test_the_honest_next_round_is_accepted(run):
+  ledger = validate.append(run.ledger, seal(run, round_two(run)))
+  assert ledger.state.last_round == 2 and ledger.state.epsilon == 1.5
+  assert run.ledger.state.last_round == 1  # append returned a new value
+
+
+@pytest.mark.parametrize("forge", FORGERIES, ids=lambda f: f.__name__)
+def test_append_refuses_and_verify_names_the_forgery(run, forge):
+  transactions, reason = forge(run)
+  block = seal(run, transactions)
+  with pytest.raises(validate.LedgerRefusal, match=reason) as refusal:
+    validate.append(run.ledger, block)
+  assert refusal.value.block_index == len(run.ledger.blocks)
+  # A writer with access to the folder persists it anyway: verify must name it.
+  store.write_record(store.ledger_dir(run.run_dir), run.next_seq, run.last_record_sha256, block)
+  report = audit.verify_run(run.run_dir)
+  assert not report.ok
+  assert f"block {block.index} (round 2)" in report.failure and reason in report.failure
+  assert f"ledger/{store.record_name(run.next_seq)}" in report.failure
+
+
+def test_reordered_or_deleted_blocks_are_refused(run):
+  blocks = run.ledger.blocks
+  difficulty = run.ledger.state.difficulty
+  swapped = blocks[:2] + (blocks[3], blocks[2])
+  with pytest.raises(validate.LedgerRefusal, match="block 3"):
+    validate.replay(swapped, difficulty)
+  with pytest.raises(validate.LedgerRefusal, match="missing or reordered"):
+    validate.replay(blocks[:2] + blocks[3:], difficulty)
+
+
+def test_proof_of_work_and_header_are_checked(run):
+  transactions = round_two(run)
+  cheap = seal(run, transactions, difficulty=0)
+  with pytest.raises(validate.LedgerRefusal, match="difficulty 0"):
+    validate.append(run.ledger, cheap)
+  honest = seal(run, transactions)
+  with pytest.raises(validate.LedgerRefusal, match="hash does not match"):
+    validate.append(run.ledger, dataclasses.replace(honest, nonce=honest.nonce + 1))
+  unmined_hash = block_lib.header_hash({**honest.header(), "nonce": honest.nonce + 1})
+  if not block_lib.meets_difficulty(unmined_hash, honest.difficulty):
+    with pytest.raises(validate.LedgerRefusal, match="proof of work"):
+      validate.append(run.ledger, dataclasses.replace(honest, nonce=honest.nonce + 1,
+                                                      hash=unmined_hash))
+  assert block_lib.meets_difficulty(honest.hash, 8) and honest.hash.startswith("00")
+
+
+def test_no_registration_after_training_started(run):
+  late = [tx_lib.register_hospital(identity.hospital_identity(999, 0))]
+  with pytest.raises(validate.LedgerRefusal, match="setup block after training"):
+    validate.append(run.ledger, seal(run, late, round_index=block_lib.SETUP_ROUND))
+
+
+def test_same_seed_and_inputs_give_identical_blocks(run, tmp_path):
+  again = run_ledger.open_run_ledger(tmp_path / "again", seed=0, num_hospitals=NUM_HOSPITALS)
+  for r in range(2):
+    again = simulate.record_synthetic_round(
+        again, r, simulate.synthetic_round(again, r, PER_ROUND), epsilon=0.5 * (r + 1))
+  assert [b.hash for b in again.ledger.blocks] == [b.hash for b in run.ledger.blocks]
+
+
+def test_merkle_root_depends_on_order_and_every_transaction(run):
+  txs = list(run.ledger.blocks[-1].transactions)
+  root = block_lib.merkle_root(txs)
+  assert block_lib.merkle_root(txs[::-1]) != root
+  assert block_lib.merkle_root(txs[:-1]) != root
+  assert block_lib.merkle_root(txs + txs[-1:]) != root
