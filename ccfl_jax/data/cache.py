@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import time
 from typing import Callable, Iterable
 
 import numpy as np
@@ -27,6 +28,7 @@ from ccfl_jax.data.real_slices import RealSlices
 # Bump when the preprocessing code changes what it produces for the same parameters.
 CACHE_FORMAT_VERSION = 1
 _READ_CHUNK = 1 << 20
+_RACY_WINDOW_NS = 2_000_000_000
 
 
 def cache_root(cache_dir: str = "") -> pathlib.Path:
@@ -81,8 +83,11 @@ def sources_digest(root, files: Iterable[pathlib.Path], cache_dir: str | None = 
     stat = path.stat()
     stamp = [stat.st_size, stat.st_mtime_ns]
     known = memo.get(relative)
-    digest = known[2] if known and known[:2] == stamp else file_digest(path)
-    updated[relative] = stamp + [digest]
+    digest = known[2] if known and known[:2] == stamp and known[2] else file_digest(path)
+    # A file modified within the timestamp granularity of now could change again without
+    # its stamp changing ("racy git"): remember its digest only once it is old enough.
+    recent = time.time_ns() - stat.st_mtime_ns < _RACY_WINDOW_NS
+    updated[relative] = stamp + [None if recent else digest]
     combined.update(f"{relative}\0{digest}\0".encode())
   if memo_path is not None and updated != memo:
     _write_text_atomically(memo_path, json.dumps(updated))

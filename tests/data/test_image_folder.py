@@ -38,9 +38,10 @@ def test_ucsd_loads_with_patients_and_official_split(ucsd_dir, tmp_path):
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA"])
 def test_any_mode_to_one_channel(tmp_path, mode):
-  size = (30, 60) if mode != "I;16" else (30, 60)
-  image = Image.new("RGB", size, (255, 255, 255)).convert(mode) if mode != "I;16" else \
-      Image.fromarray(np.full((60, 30), 65535, np.uint16))
+  if mode == "I;16":
+    image = Image.fromarray(np.full((60, 30), 65535, np.uint16))
+  else:
+    image = Image.new("RGB", (30, 60), (255, 255, 255)).convert(mode)
   image.save(tmp_path / "x.png")
   grey = image_folder.read_image(tmp_path / "x.png", 16)
   assert grey.shape == (16, 16, 1) and grey.dtype == np.float32
