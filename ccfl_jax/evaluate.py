@@ -1,0 +1,141 @@
+r"""Metrics of a trained run's global model on any labelled dataset.
+
+  python -m ccfl_jax.evaluate --run=results/fed9 --data=image_folder:../shared/data/ucsd_covid_ct \
+      [--split=val] [--round=N] [--threshold=0.5] [--out=metrics.json]
+
+`--data=<kind>:<path>`, kind one of the dataset registry's names (dicom, image_folder, cc19,
+phantom). The data is preprocessed as the run was trained (`config.dataset` of the run: image
+size, lung window); only the dataset's name and path change. Prints and writes (JSON; default
+`<run>/evaluations/<kind>-<folder>[-<split>]-round<N>.json`) precision, sensitivity,
+specificity, accuracy, F1, AUC and the confusion matrix, per slice and per patient (the patient
+score is `predict.patient_score`; a patient is positive when any of its slices is).
+"""
+import dataclasses
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from ccfl_jax import metrics
+from ccfl_jax.data.errors import DataError
+from ccfl_jax.data.real_slices import skipped_files
+from ccfl_jax.predict import DEFAULT_TOP_FRACTION, covid_probabilities, patient_score
+
+METRIC_ORDER = ("precision", "sensitivity", "specificity", "accuracy", "f1", "auc")
+
+
+def parse_data_spec(spec: str) -> tuple[str, str]:
+  """'kind:path' -> (kind, path); the path may itself contain ':'."""
+  from ccfl_jax.data import datasets
+  kind, sep, path = spec.partition(":")
+  if not sep or kind not in datasets.dataset_names():
+    raise ValueError(f"--data={spec!r}: expected <kind>:<path> with kind one of "
+                     f"{', '.join(datasets.dataset_names())}")
+  return kind, path
+
+
+def evaluation_dataset_config(run_config, kind: str, path: str, on_bad_file: str):
+  """The run's dataset block with another dataset's name and path (same preprocessing)."""
+  dataset_config = run_config.dataset.copy_and_resolve_references()
+  with dataset_config.unlocked():
+    dataset_config.name = kind
+    dataset_config.path = path
+    dataset_config.on_bad_file = on_bad_file
+  return dataset_config
+
+
+def patient_level(patient_ids, labels, probabilities, top_fraction: float):
+  """(patient labels, patient scores): positive if any slice is; score per `patient_score`."""
+  patients = np.unique(patient_ids)
+  patient_labels = np.asarray([labels[patient_ids == p].max() for p in patients])
+  scores = np.asarray([patient_score(probabilities[patient_ids == p], top_fraction)
+                       for p in patients])
+  return patient_labels, scores
+
+
+def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshold: float = 0.5,
+                 on_bad_file: str = "error", top_fraction: float = DEFAULT_TOP_FRACTION) -> dict:
+  """Loads the run's model and the dataset; returns the report (also what is written)."""
+  from ccfl_jax import checkpointing, training
+  from ccfl_jax.data import datasets
+
+  kind, path = parse_data_spec(data_spec)
+  config, params, rounds_done = checkpointing.load_run(run_dir, round_)
+  slices = datasets.load_dataset(evaluation_dataset_config(config, kind, path, on_bad_file),
+                                 config.seed)
+  skipped = skipped_files(slices)
+  if split:
+    if slices.split is None:
+      raise DataError(path, f"--split={split}: this dataset has no split column")
+    slices = slices.take(np.char.lower(slices.split.astype(str)) == split.lower())
+    if not len(slices):
+      raise DataError(path, f"--split={split}: no slices in this split")
+  probabilities = covid_probabilities(training.build_model(config), params, slices.images,
+                                      config.eval_batch_size)
+  patient_labels, patient_scores = patient_level(slices.patient_ids, slices.labels,
+                                                 probabilities, top_fraction)
+  return dict(
+      run=str(run_dir), round=rounds_done, model=config.model.name, data=data_spec,
+      split=split or "all", threshold=threshold,
+      preprocessing={k: config.dataset[k] for k in ("image_size", "window_level", "window_width")},
+      slices=len(slices), patients=len(patient_labels),
+      slice_metrics=metrics.classification_metrics(slices.labels, probabilities, threshold),
+      patient_metrics=metrics.classification_metrics(patient_labels, patient_scores, threshold),
+      patient_rule=f"mean of the top ceil({top_fraction} x slices) slice probabilities",
+      skipped=[dataclasses.asdict(s) for s in skipped])
+
+
+def default_output_path(run_dir, report: dict) -> pathlib.Path:
+  kind, path = parse_data_spec(report["data"])
+  name = pathlib.Path(path).resolve().name or kind
+  split = "" if report["split"] == "all" else f"-{report['split']}"
+  return pathlib.Path(run_dir) / "evaluations" / f"{kind}-{name}{split}-round{report['round']}.json"
+
+
+def format_report(report: dict) -> str:
+  """A small table of the slice and patient metrics."""
+  lines = [f"run {report['run']} round {report['round']} ({report['model']}) on {report['data']} "
+           f"[{report['split']}]: {report['slices']} slices, {report['patients']} patients",
+           f"{'':10}" + "".join(f"{m:>13}" for m in METRIC_ORDER) + "   confusion [[TN, FP], [FN, TP]]"]
+  for level in ("slice", "patient"):
+    m = report[f"{level}_metrics"]
+    lines.append(f"{level:10}" + "".join(f"{m[k]:13.4f}" for k in METRIC_ORDER) +
+                 f"   {m['confusion_matrix']}")
+  if report["skipped"]:
+    lines.append(f"skipped {len(report['skipped'])} bad file(s): " +
+                 "; ".join(f"{s['path']}: {s['problem']}" for s in report["skipped"]))
+  return "\n".join(lines)
+
+
+def main(argv):
+  from absl import flags, logging
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  f = flags.FLAGS
+  try:
+    report = evaluate_run(f.run, f.data, f.round, f.split, f.threshold, f.on_bad_file)
+  except (DataError, ValueError, FileNotFoundError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  print(format_report(report))
+  out = pathlib.Path(f.out) if f.out else default_output_path(f.run, report)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(report, indent=2))
+  print(f"wrote {out}")
+
+
+def cli():
+  from absl import app, flags
+  flags.DEFINE_string("run", None, "Run directory (results/<run>).", required=True)
+  flags.DEFINE_string("data", None, "<kind>:<path> of a labelled dataset.", required=True)
+  flags.DEFINE_integer("round", None, "Checkpoint round (default: the latest).")
+  flags.DEFINE_string("split", "", "Evaluate only this split of the dataset (e.g. val).")
+  flags.DEFINE_float("threshold", 0.5, "Decision threshold on P(COVID-19).")
+  flags.DEFINE_enum("on_bad_file", "error", ["error", "skip"], "Bad input: stop, or skip and list.")
+  flags.DEFINE_string("out", "", "Where to write the JSON report.")
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

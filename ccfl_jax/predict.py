@@ -1,0 +1,202 @@
+r"""COVID-19 probabilities from a trained run, per slice and per patient.
+
+  python -m ccfl_jax.predict --run=results/fed9 [--round=N] [--out=predictions.csv] PATH...
+
+Each PATH is a DICOM series folder (or a folder of series folders: one patient per series
+folder), a single DICOM file, or an image (PNG/JPG/...). The preprocessing is the run's own
+(`config.dataset` in `<run>/config.json`: image size and lung window), never retyped here.
+
+Per-patient verdict (`patient_score`): the mean of the top-k slice probabilities, with
+k = ceil(top_fraction x slices), top_fraction = 0.1 by default. COVID-19 lesions occupy only some
+slices of a chest CT, so the mean over all slices dilutes a clear finding, while the single
+highest slice is at the mercy of one noisy prediction; the top 10% sits between the two. A single
+image is its own patient (k = 1). The verdict is COVID-19 when the score >= --threshold (0.5).
+
+`--out` ending in .json writes {"slices": [...], "patients": [...]}; any other name writes the
+slices as CSV there and the patients as CSV beside it (`<name>.patients.csv`).
+"""
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+from ccfl_jax.data import dicom, image_folder
+from ccfl_jax.data.errors import BadFilePolicy, DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+DEFAULT_TOP_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceInput:
+  """One preprocessed slice to predict, with where it came from."""
+  image: np.ndarray  # (size, size, 1) float32 in [0, 1]
+  patient: str
+  path: str
+  frame: int
+  position: float
+
+
+def patient_score(probabilities, top_fraction: float = DEFAULT_TOP_FRACTION) -> float:
+  """Mean of the top ceil(top_fraction * n) slice probabilities (see the module docstring)."""
+  probabilities = np.sort(np.asarray(probabilities, np.float64))[::-1]
+  k = max(1, math.ceil(top_fraction * len(probabilities)))
+  return float(probabilities[:k].mean())
+
+
+def covid_probabilities(model, params, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+  """P(COVID-19) per image, in fixed-size batches (one compilation, any number of images)."""
+  import jax  # late: `--help` and input errors should not wait for JAX
+
+  apply = jax.jit(lambda p, x: model.probabilities(model.module.apply(p, x))[:, 1])
+  n = len(images)
+  padded = np.concatenate([images, np.zeros((-n % batch_size,) + images.shape[1:], np.float32)])
+  return np.concatenate([np.asarray(apply(params, padded[i:i + batch_size]))
+                         for i in range(0, len(padded), batch_size)])[:n]
+
+
+def _dicom_inputs(slices, patient: str) -> list[SliceInput]:
+  return [SliceInput(s.image, patient, s.path, s.frame,
+                     s.position if not math.isnan(s.position) else s.slice_location)
+          for s in slices]
+
+
+def read_inputs(path, params: dict, policy: BadFilePolicy) -> list[SliceInput]:
+  """The slices of one PATH argument, preprocessed as the run was trained."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise DataError(path, "no such file or folder")
+  if path.is_dir():
+    folders = dicom.find_series_folders(path)
+    if not folders:
+      raise DataError(path, "no DICOM series in this folder")
+    inputs = []
+    for folder in folders:
+      patient = folder.relative_to(path).as_posix() if folder != path else path.resolve().name
+      files = dicom.series_files(folder, policy)
+      inputs += _dicom_inputs(dicom.read_series(files, policy, dicom.hu_to_image(params)), patient)
+    return inputs
+  if path.suffix.lower() in IMAGE_SUFFIXES:
+    image = image_folder.read_image(path, params["image_size"])
+    return [SliceInput(image, path.stem, str(path), 0, math.nan)]
+  slices = dicom.read_dicom_file(path, dicom.hu_to_image(params))
+  return _dicom_inputs(sorted(slices, key=dicom.slice_order_key), path.stem)
+
+
+def predictions(inputs: list[SliceInput], probabilities: np.ndarray, threshold: float,
+                top_fraction: float) -> tuple[list[dict], list[dict]]:
+  """(slice rows, patient rows) for the outputs."""
+  slice_rows = [dict(patient=s.patient, path=s.path, frame=s.frame,
+                     slice_position=None if math.isnan(s.position) else s.position,
+                     prob_covid=float(p)) for s, p in zip(inputs, probabilities)]
+  patient_rows = []
+  for patient in dict.fromkeys(s.patient for s in inputs):  # first-seen order
+    mine = [float(p) for s, p in zip(inputs, probabilities) if s.patient == patient]
+    score = patient_score(mine, top_fraction)
+    patient_rows.append(dict(
+        patient=patient, slices=len(mine), top_k=max(1, math.ceil(top_fraction * len(mine))),
+        score=score, max_slice_prob=max(mine),
+        verdict="COVID-19" if score >= threshold else "not COVID-19"))
+  return slice_rows, patient_rows
+
+
+def write_outputs(out, slice_rows: list[dict], patient_rows: list[dict], about: dict) -> list:
+  """Writes JSON (one file) or CSV (slices + `<name>.patients.csv`); returns the paths."""
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  if out.suffix.lower() == ".json":
+    out.write_text(json.dumps(dict(about, slices=slice_rows, patients=patient_rows), indent=2))
+    return [out]
+  patients_path = out.with_name(out.stem + ".patients.csv")
+  for path, rows in ((out, slice_rows), (patients_path, patient_rows)):
+    with open(path, "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+      writer.writeheader()
+      writer.writerows(rows)
+  return [out, patients_path]
+
+
+def run_predictions(run_dir, paths, round_=None, threshold: float = 0.5,
+                    top_fraction: float = DEFAULT_TOP_FRACTION, on_bad_file: str = "error"):
+  """(slice rows, patient rows, about) for `paths` with the run's model and preprocessing."""
+  from ccfl_jax import checkpointing, training
+
+  config, params, rounds_done = checkpointing.load_run(run_dir, round_)
+  preprocessing = dicom.preprocessing_params(config.dataset)
+  policy = BadFilePolicy(on_bad_file)
+  inputs = [s for path in paths for s in read_inputs(path, preprocessing, policy)]
+  if not inputs:
+    raise DataError(", ".join(map(str, paths)), "no readable slices to predict")
+  probabilities = covid_probabilities(training.build_model(config), params,
+                                      np.stack([s.image for s in inputs]), config.eval_batch_size)
+  slice_rows, patient_rows = predictions(inputs, probabilities, threshold, top_fraction)
+  about = dict(run=str(run_dir), round=rounds_done, model=config.model.name,
+               preprocessing=preprocessing, threshold=threshold,
+               patient_rule=f"mean of the top ceil({top_fraction} x slices) slice probabilities",
+               skipped=[dataclasses.asdict(s) for s in policy.skipped])
+  return slice_rows, patient_rows, about
+
+
+def main(argv):
+  from absl import flags, logging
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  f = flags.FLAGS
+  try:
+    slice_rows, patient_rows, about = run_predictions(
+        f.run, f.paths, f.round, f.threshold, f.top_fraction, f.on_bad_file)
+  except (DataError, FileNotFoundError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  print(f"run {about['run']} round {about['round']} ({about['model']}); "
+        f"preprocessing {about['preprocessing']}")
+  print(f"{'patient':<24} {'slice':>5}  {'position':>9}  prob_covid  path")
+  for i, row in enumerate(slice_rows):
+    position = "" if row["slice_position"] is None else f"{row['slice_position']:9.1f}"
+    print(f"{row['patient']:<24} {i:>5}  {position:>9}  {row['prob_covid']:10.4f}  {row['path']}")
+  print(f"\nper patient ({about['patient_rule']}; verdict at score >= {about['threshold']}):")
+  for row in patient_rows:
+    print(f"  {row['patient']:<24} {row['slices']:>4} slices  score {row['score']:.4f}  "
+          f"{row['verdict']}")
+  if about["skipped"]:
+    print(f"skipped {len(about['skipped'])} bad file(s):")
+    for s in about["skipped"]:
+      print(f"  {s['path']}: {s['problem']}")
+  if f.out:
+    written = write_outputs(f.out, slice_rows, patient_rows, about)
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def define_flags():
+  from absl import flags
+  flags.DEFINE_string("run", None, "Run directory (results/<run>).", required=True)
+  flags.DEFINE_integer("round", None, "Checkpoint round (default: the latest).")
+  flags.DEFINE_float("threshold", 0.5, "Verdict threshold on the patient score.")
+  flags.DEFINE_float("top_fraction", DEFAULT_TOP_FRACTION,
+                     "Patient score = mean of the top ceil(top_fraction x slices) slices.")
+  flags.DEFINE_enum("on_bad_file", "error", ["error", "skip"], "Bad input: stop, or skip and list.")
+  flags.DEFINE_string("out", "", "Write predictions here (.json, or .csv + .patients.csv).")
+  flags.DEFINE_multi_string("paths", [], "Inputs (also accepted as positional arguments).")
+
+
+def cli():
+  """`python -m ccfl_jax.predict`: flags, then PATH... as positional arguments."""
+  from absl import app, flags
+
+  define_flags()
+
+  def with_positional_paths(argv):
+    flags.FLAGS.paths = list(flags.FLAGS.paths) + list(argv[1:])
+    if not flags.FLAGS.paths:
+      raise app.UsageError("give at least one PATH (DICOM folder, DICOM file or image)")
+    main(argv)
+
+  app.run(with_positional_paths)
+
+
+if __name__ == "__main__":
+  cli()
