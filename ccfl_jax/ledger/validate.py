@@ -144,9 +144,9 @@ def _check_transactions(state: ChainState, b: block_lib.Block) -> ChainState:
     def refuse(reason, t=t, position=position):
       raise LedgerRefusal(reason, b.index, b.round, position, t.kind)
     _check_shape(t, refuse)
-    _check_signature(t, keys, refuse)
+    key = _check_signature(t, keys, refuse)
     if t.kind == "register_hospital":
-      keys[t.author] = identity_lib.verifying_key(bytes.fromhex(t.body["public_key"]))
+      keys[t.author] = key
     if is_setup != (t.kind in ("register_hospital", "register_data")):
       refuse("registrations belong in setup blocks, round records in round blocks")
     if not is_setup:
@@ -170,7 +170,8 @@ def _check_shape(t: tx_lib.Transaction, refuse) -> None:
     refuse("signed by another hospital than the one it names")
 
 
-def _check_signature(t: tx_lib.Transaction, keys: dict, refuse) -> None:
+def _check_signature(t: tx_lib.Transaction, keys: dict, refuse):
+  """The author's verifying key, once the signature checks out."""
   if t.kind == "register_hospital":
     try:
       public_key = bytes.fromhex(t.body["public_key"])
@@ -187,6 +188,7 @@ def _check_signature(t: tx_lib.Transaction, keys: dict, refuse) -> None:
       refuse(f"author {t.author[:12]}... is not a registered hospital")
   if not identity_lib.signature_is_valid(key, t.signing_message(), t.signature):
     refuse(f"bad signature by {t.author[:12]}...")
+  return key
 
 
 def _check_round_step(current: _Round, epsilon: float, t, b, keys, position, refuse):

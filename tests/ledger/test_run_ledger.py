@@ -1,0 +1,130 @@
+"""The training loop's API: open, register, record rounds, and resume after a crash."""
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ccfl_jax.ledger import audit
+from ccfl_jax.ledger import consensus
+from ccfl_jax.ledger import run_ledger
+from ccfl_jax.ledger import simulate
+from ccfl_jax.ledger import store
+from ccfl_jax.ledger import validate
+
+H, PER_ROUND = 4, 3
+
+
+def open_run(run_dir, seed=0, **options):
+  return run_ledger.open_run_ledger(run_dir, seed=seed, num_hospitals=H, **options)
+
+
+def record(run, round_index, checkpoint_dir=None, **options):
+  synthetic = simulate.synthetic_round(run, round_index, PER_ROUND, **options)
+  return simulate.record_synthetic_round(run, round_index, synthetic, 0.1 * round_index,
+                                         checkpoint_dir)
+
+
+def manager_of(run_dir):
+  return ocp.CheckpointManager(run_dir / "checkpoints",
+                               options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True))
+
+
+def save(manager, step):
+  manager.save(step, args=ocp.args.StandardSave({"w": np.full(4, step, np.float32)}))
+  manager.wait_until_finished()
+  return manager.directory / str(step)
+
+
+def record_count(run_dir):
+  return len(store.read_records(store.ledger_dir(run_dir)))
+
+
+def test_open_registers_once_and_reopens_the_same_run(tmp_path):
+  run = open_run(tmp_path)
+  assert [t.kind for t in run.ledger.blocks[0].transactions] == ["register_hospital"] * H
+  again = open_run(tmp_path)
+  assert again.ledger.blocks == run.ledger.blocks and record_count(tmp_path) == 1
+  with pytest.raises(ValueError, match="other hospitals"):
+    open_run(tmp_path, seed=1)
+
+
+def test_register_data_is_idempotent_and_closed_once_training_starts(tmp_path):
+  run = open_run(tmp_path)
+  entries = [run_ledger.DataRegistration(h, "ct_slices", 5, 40, "aa" * 32) for h in range(H)]
+  run = run_ledger.register_data(run, entries)
+  assert run_ledger.register_data(run, entries) is run
+  run = record(run, 0)
+  assert run_ledger.register_data(open_run(tmp_path), entries).next_seq == run.next_seq
+  changed = [run_ledger.DataRegistration(0, "ct_slices", 6, 40, "bb" * 32)]
+  with pytest.raises(validate.LedgerRefusal, match="setup block after training"):
+    run_ledger.register_data(run, changed)
+
+
+def test_round_roles_match_the_recorded_block(tmp_path):
+  run = open_run(tmp_path, num_verifiers=2)
+  roles = run_ledger.round_roles(run, 0)
+  run = record(run, 0)
+  start = run.ledger.blocks[-1].transactions[0]
+  assert start.author == run.ids[roles.leader]
+  assert start.body["verifiers"] == [run.ids[v] for v in roles.verifiers]
+
+
+def test_a_refused_round_is_never_persisted(tmp_path):
+  run = record(open_run(tmp_path), 0)
+  with pytest.raises(validate.LedgerRefusal, match="round 2 follows round 0"):
+    record(run, 2)
+  with pytest.raises(FileNotFoundError):
+    record(run, 1, checkpoint_dir=tmp_path / "checkpoints" / "1")  # never written
+  # The vote ran with another rule than the ledger was opened with.
+  strict = open_run(tmp_path, consensus=consensus.ConsensusRule(rule="absolute",
+                                                                absolute_threshold=0.01))
+  decided_by_default_rule = simulate.synthetic_round(run, 1, PER_ROUND)
+  with pytest.raises(validate.LedgerRefusal, match="consensus rule absolute"):
+    simulate.record_synthetic_round(strict, 1, decided_by_default_rule, 0.1)
+  assert record_count(tmp_path) == 2 and run_ledger.last_recorded_round(open_run(tmp_path)) == 0
+
+
+def test_resume_after_a_crash_between_checkpoint_and_block(tmp_path):
+  run_dir = tmp_path / "run"
+  run, manager = open_run(run_dir), manager_of(run_dir)
+  for r in range(4):  # checkpoint every 2 rounds
+    run = record(run, r, save(manager, r) if r % 2 == 0 else None)
+  save(manager, 4)  # ... and the process dies before round 4's block is written
+  manager.close()
+  assert audit.verify_run(run_dir).warnings  # checkpoint 4 is vouched for by no block
+
+  resumed = open_run(run_dir)
+  assert run_ledger.last_recorded_round(resumed) == 3
+  plan = run_ledger.plan_resume(resumed, run_dir / "checkpoints")
+  assert plan == run_ledger.ResumePlan(restore_step=2, restore_round=2, unrecorded_steps=(4,))
+  manager = manager_of(run_dir)
+  for step in plan.unrecorded_steps:
+    manager.delete(step)
+  resumed = run_ledger.rollback_to_round(resumed, plan.restore_round)
+  assert run_ledger.last_recorded_round(resumed) == 2
+  assert run_ledger.rollback_to_round(resumed, 2) is resumed  # nothing more to drop
+  for r in (3, 4):
+    resumed = record(resumed, r, save(manager, r) if r % 2 == 0 else None)
+  manager.close()
+  report = audit.verify_run(run_dir)
+  assert report.ok and report.rounds == 5 and report.rolled_back_blocks == 1, report
+  assert report.warnings == ()
+  assert run_ledger.last_recorded_round(open_run(run_dir)) == 4
+
+
+def test_resume_with_no_checkpoint_drops_every_round(tmp_path):
+  run = record(record(open_run(tmp_path), 0), 1)
+  plan = run_ledger.plan_resume(run, tmp_path / "checkpoints")
+  assert plan == run_ledger.ResumePlan(None, -1, ())
+  run = run_ledger.rollback_to_round(run, plan.restore_round)
+  assert run_ledger.last_recorded_round(run) == -1 and len(run.ledger.blocks) == 1
+  assert run_ledger.last_recorded_round(record(run, 0)) == 0
+
+
+def test_resume_refuses_a_tampered_checkpoint(tmp_path):
+  run, manager = open_run(tmp_path), manager_of(tmp_path)
+  run = record(run, 0, save(manager, 0))
+  manager.close()
+  victim = next(p for p in (tmp_path / "checkpoints" / "0").rglob("*") if p.is_file())
+  victim.write_bytes(victim.read_bytes() + b"x")
+  with pytest.raises(ValueError, match="does not match"):
+    run_ledger.plan_resume(run, tmp_path / "checkpoints")
