@@ -192,3 +192,16 @@ def test_cli_verify_and_show(audited_run, capsys, tmp_path):
   done = subprocess.run([sys.executable, "-m", "ccfl_jax.ledger", "verify", str(copy)],
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert done.returncode == 1 and "FAILED" in done.stdout and "00000001.json" in done.stdout
+
+
+def test_inspect_checkpoint_shows_tree_and_ledger_entry(audited_run, capsys):
+  sys.path.insert(0, str(REPO_ROOT / "tools"))
+  try:
+    import inspect_checkpoint
+  finally:
+    sys.path.pop(0)
+  assert inspect_checkpoint.main([str(audited_run), "--round", "2"]) == 0
+  shown = capsys.readouterr().out
+  assert "['conv3']['kernel']" in shown and "(3, 3, 64, 64)" in shown and "60,354" in shown
+  assert "matches" in shown and "round index 2" in shown and "accepted (" in shown
+  assert inspect_checkpoint.main([str(audited_run), "--round", "0"]) == 1  # rotated away
