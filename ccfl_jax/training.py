@@ -154,8 +154,8 @@ def train_and_evaluate(config, run_dir) -> dict:
     test_loss, prob_covid = evaluate(state.params)
     record = dict(
         round=round_index + 1, sampled=sampled.tolist(),
-        local_loss=float(jnp.mean(out.local_loss)),
-        clipped_fraction=float(jnp.mean(out.update_norm > p.clip_norm)),
+        local_loss=float(np.mean(out.local_loss)),
+        clipped_fraction=float(np.mean(np.asarray(out.update_norm) > p.clip_norm)),
         test_loss=test_loss, **metrics.classification_metrics(test.labels, prob_covid),
         epsilon=privacy.epsilon(config.num_hospitals, history, p.noise_multiplier, p.delta),
         delta=p.delta, round_seconds=round_times[-1])

@@ -99,8 +99,12 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     state = _finish_round(state, clipped_sum, jnp.sum(weights), round_key, settings)
     return state, RoundOutput(losses, norms)
 
+  replicated = NamedSharding(mesh, P())
+
   def run_round(state, data, sampled, round_key):
     ids, weights = mesh_lib.pad_sampled(np.asarray(sampled), num_devices)
+    # Same sharding as the step's output, so the second round does not recompile.
+    state = jax.device_put(state, replicated)
     state, out = step(state, data, ids, weights, round_key)
     return state, jax.tree.map(lambda a: a[:len(sampled)], out)
 

@@ -7,15 +7,21 @@ Fresh run or resume, the same call:
     run = register_data(run, [DataRegistration(h, "ct_slices", patients, slices, manifest_sha)
                               for h ...])                   # idempotent; before round 0
 
-Each round r (after the compiled round, after the checkpoint of r, if any, is finished):
+Each round (round_index r counts from 0, as sampling.sample_hospitals does; the training
+loop's orbax step after round r is r + 1):
 
-    roles = round_roles(run, r)          # before the round: the verifiers' batches are needed
-    ... compiled round: mae[i, j] for sampled i, verifier roles.verifiers[j];
-        scores = consensus.vote_scores(mae, self_mae, gamma); keep = consensus.accept_mask(...)
-    run = record_round(run, r, sampled=sampled_indices, update_digests=[update_digest(d) ...],
-                       local_maes=self_mae, mae_matrix=mae, vote_scores=scores, accepted=keep,
-                       epsilon=eps, delta=delta, sigma=sigma, clip_norm=S,
-                       checkpoint_dir=run_dir / "checkpoints" / str(step) or None,
+    roles = round_roles(run, r)   # before the round: verifier j's validation batch is column j
+    ... compiled round: mae[i, j] = eq. 14 of sampled hospital i's local model on the batch of
+        hospital roles.verifiers[j] (any registered hospital, sampled or not); self_mae[i] on
+        its own batch; scores = consensus.vote_scores(mae, self_mae, run.consensus.gamma);
+        keep = consensus.accept_mask(scores, rule.rule, rule.k, rule.absolute_threshold,
+        rule.mad_floor) with rule = run.consensus
+    ... if this round checkpoints: checkpointing.save(..., r + 1, ...) and wait for it
+    run = record_round(run, r, sampled=sampled, update_digests=[update_digest(d) for d in
+                       the clipped per-hospital deltas], local_maes=self_mae, mae_matrix=mae,
+                       vote_scores=scores, accepted=keep, epsilon=eps, delta=delta,
+                       sigma=sigma, clip_norm=S,
+                       checkpoint_dir=run_dir / "checkpoints" / str(r + 1) or None,
                        params_digest=update_digest(global_params))
 
 One block per round, [round_start, local_update x m_t, vote x verifiers, global_model],
@@ -29,10 +35,11 @@ whose model state was never checkpointed (checkpoints every few rounds). Then:
 
     run = open_run_ledger(run_dir, seed, num_hospitals)   # reloads and verifies the chain
     plan = plan_resume(run, run_dir / "checkpoints")
-    for step in plan.unrecorded_steps: delete that checkpoint (orbax: mngr.delete(step))
+    for step in plan.unrecorded_steps: delete that checkpoint (orbax: manager.delete(step))
     run = rollback_to_round(run, plan.restore_round)      # no-op when nothing to drop
-    restore plan.restore_step (None: start from the initial model), continue at
-    plan.restore_round + 1 == last_recorded_round(run) + 1.
+    restore checkpoint plan.restore_step (None: start from the initial model) and continue
+    at round index plan.restore_round + 1 == last_recorded_round(run) + 1 (with the
+    training loop's convention, plan.restore_step == plan.restore_round + 1).
 
 rollback_to_round never edits a file: it appends a `truncate` record (store.py), so the
 dropped blocks stay on disk and the audit shows that a rollback happened.

@@ -9,8 +9,8 @@ BatchNorm; 'SAME' padding; width and depth configurable). The capsule head follo
     h x w positions is an input capsule (unsquashed, 2048 x width dims); two capsule layers
     with weights shared across input capsules, 32 x 32D then num_classes x 16D, 3 routings
     each, logits reset every iteration, squash with 0.5; cross-entropy on the lengths.
-  * 'sabour': Sabour's head on the same features: PrimaryCapsules (32 types x 8D, 3x3,
-    stride 1) then num_classes x 16D class capsules with a matrix per capsule pair, logits
+  * 'sabour': Sabour's head on the same features: PrimaryCapsules (`primary_capsules`
+    types x `primary_capsule_dim`, default 32 x 8D, 3x3, stride 1) then num_classes x 16D class capsules with a matrix per capsule pair, logits
     accumulated, margin loss; optional reconstruction decoder.
 
 Class probabilities are the class-capsule lengths normalized over classes.
@@ -26,14 +26,17 @@ loss = capsule_loss
 probabilities = capsule_probabilities
 
 TINY_KWARGS = dict(width_multiplier=1 / 16, blocks=(1, 1, 1), hidden_capsules=4,
-                   hidden_capsule_dim=4, class_capsule_dim=4)
+                   hidden_capsule_dim=4, primary_capsules=4, primary_capsule_dim=4,
+                   class_capsule_dim=4)
 
 
 class CapsuleHead(nn.Module):
   """Feature map (B, h, w, C) -> class capsules (B, num_classes, class_capsule_dim)."""
   num_classes: int
-  hidden_capsules: int      # 'paper': first capsule layer; 'sabour': primary capsule types
+  hidden_capsules: int      # 'paper': the first capsule layer
   hidden_capsule_dim: int
+  primary_capsules: int     # 'sabour': primary capsule types per position
+  primary_capsule_dim: int
   class_capsule_dim: int
   routing_iterations: int
   variant: str
@@ -46,7 +49,7 @@ class CapsuleHead(nn.Module):
       x = RoutingCapsules(self.hidden_capsules, self.hidden_capsule_dim,
                           self.routing_iterations, self.variant, name="hidden_capsules")(x)
     else:
-      x = PrimaryCapsules(self.hidden_capsules, self.hidden_capsule_dim, kernel_size=3,
+      x = PrimaryCapsules(self.primary_capsules, self.primary_capsule_dim, kernel_size=3,
                           strides=1, padding="SAME", squash_offset=rules.squash_offset,
                           name="primary_capsules")(features)
     return RoutingCapsules(self.num_classes, self.class_capsule_dim, self.routing_iterations,
@@ -60,6 +63,8 @@ class Model(nn.Module):
   variant: str = "paper"
   hidden_capsules: int = 32
   hidden_capsule_dim: int = 32
+  primary_capsules: int = 32
+  primary_capsule_dim: int = 8
   class_capsule_dim: int = 16
   routing_iterations: int = 3
   reconstruction: bool = False
@@ -69,6 +74,7 @@ class Model(nn.Module):
   def __call__(self, images, train: bool = False):
     features = InceptionV3Features(self.width_multiplier, self.blocks, name="features")(images)
     capsules = CapsuleHead(self.num_classes, self.hidden_capsules, self.hidden_capsule_dim,
+                           self.primary_capsules, self.primary_capsule_dim,
                            self.class_capsule_dim, self.routing_iterations, self.variant,
                            name="head")(features)
     reconstructions = None
