@@ -13,9 +13,12 @@ ImageOrientationPatient), else by SliceLocation, else InstanceNumber: never by f
 Pixels become Hounsfield units through RescaleSlope/RescaleIntercept, read from the top level or,
 for Enhanced CT multi-frame files, from the per-frame or shared functional groups.
 """
+import contextlib
 import dataclasses
+import logging
 import math
 import pathlib
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -130,10 +133,32 @@ def _decoder_problem(dataset) -> str | None:
   return None
 
 
+@contextlib.contextmanager
+def _quiet_invalid_uid_warnings():
+  """Silences pydicom's 'Invalid value for VR UI' (warning and log line) while reading.
+
+  De-identified data often replaces UIDs with UUIDs (COVID-CT-MD does); pydicom reports it once
+  per file, which would bury real problems under thousands of identical lines.
+  """
+  def keep(record):
+    return "Invalid value for VR UI" not in record.getMessage()
+
+  logger = logging.getLogger("pydicom")
+  logger.addFilter(keep)
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="Invalid value for VR UI")
+      yield
+  finally:
+    logger.removeFilter(keep)
+
+
 def read_dataset(path) -> pydicom.Dataset:
   """Parses a DICOM file and checks it can give pixels; `DataError` names the problem."""
   try:
-    dataset = pydicom.dcmread(path)
+    with _quiet_invalid_uid_warnings():
+      dataset = pydicom.dcmread(path)
+      dataset.get("SeriesInstanceUID")  # UIDs are validated when first read
   except pydicom.errors.InvalidDicomError:
     raise DataError(path, "not a DICOM file (no DICM preamble)") from None
   except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
