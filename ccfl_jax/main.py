@@ -8,13 +8,26 @@ import logging as python_logging
 import pathlib
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ccfl_jax import configuration, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
+
+
+def parse_flags(argv):
+  """absl flag parsing, with a bad `--config.x=y` override reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    override = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+                     and a.split("=")[0].rsplit(".", 1)[-1] in str(error)), "--config")
+    message = (str(error).replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+               .strip("'\""))
+    print(f"error: {override}: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -27,7 +40,7 @@ def main(argv):
   python_logging.getLogger("ccfl_jax").setLevel(python_logging.INFO)
   try:
     configuration.validate(config)
-  except configuration.ConfigError as error:
+  except (configuration.ConfigError, OSError) as error:  # OSError: config file not loadable
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   run_dir = pathlib.Path(config.results_dir) / config.run_name
@@ -36,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

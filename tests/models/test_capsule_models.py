@@ -67,25 +67,38 @@ def hospital_step(spec, optimizer):
   return step
 
 
+def init_and_step_hospitals(spec, num_hospitals):
+  """Per-hospital parameters, one vmapped SGD step, class probabilities: one compilation.
+
+  (Each compilation costs seconds on this CPU, so the test compiles once; the hospitals'
+  parameters are scaled copies of one initialization so that they differ.)
+  """
+  def run(key, images, labels):
+    params = spec.module.init(key, images[0])
+    params = jax.tree.map(lambda leaf: jnp.stack([(1 + 0.1 * h) * leaf
+                                                  for h in range(num_hospitals)]), params)
+    new_params, losses, grads = jax.vmap(hospital_step(spec, optax.sgd(0.1)))(params, images,
+                                                                              labels)
+    first_hospital = jax.tree.map(lambda leaf: leaf[0], new_params)
+    probabilities = spec.probabilities(spec.module.apply(first_hospital, images[0]))
+    return params, new_params, losses, grads, probabilities
+  return jax.jit(run)
+
+
 @pytest.mark.parametrize("name", CAPSULE_AND_INCEPTION_MODELS)
 def test_vmapped_over_hospitals(name):
   num_hospitals, batch = 2, 4
   spec = get_model(name, **tiny_kwargs(name))
   images = jax.random.uniform(jax.random.key(0), (num_hospitals, batch, 32, 32, 1))
   labels = jnp.array([[0, 1, 1, 0], [1, 1, 0, 0]])
-  # Per-hospital parameters. (Initializing under vmap is slow to compile: init once, perturb.)
-  params = jax.jit(spec.module.init)(jax.random.key(1), images[0])
-  params = jax.tree.map(lambda leaf: jnp.stack([leaf, 1.1 * leaf]), params)
-  step = jax.jit(jax.vmap(hospital_step(spec, optax.sgd(0.1))))
-  new_params, losses, grads = step(params, images, labels)
+  params, new_params, losses, grads, probabilities = init_and_step_hospitals(
+      spec, num_hospitals)(jax.random.key(1), images, labels)
   assert losses.shape == (num_hospitals,) and np.all(np.isfinite(losses))
   for leaf in jax.tree.leaves(grads):
     assert leaf.shape[0] == num_hospitals and np.all(np.isfinite(leaf))
   assert any(not np.allclose(g[0], g[1]) for g in jax.tree.leaves(grads))
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params),
                                                    jax.tree.leaves(new_params)))
-  probabilities = spec.probabilities(spec.module.apply(jax.tree.map(lambda l: l[0], new_params),
-                                                       images[0]))
   assert probabilities.shape == (batch, 2)
   np.testing.assert_allclose(jnp.sum(probabilities, -1), 1.0, rtol=1e-5)
   assert np.all((probabilities >= 0) & (probabilities <= 1))
