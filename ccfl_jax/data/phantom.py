@@ -98,9 +98,9 @@ def _covid_findings(hu, x, y, left, right, rng, consolidation):
   for mask, sign in ((left, 1.0), (right, -1.0)):
     if not mask.any():
       continue
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(rng.integers(2, 5)):
       cx, cy = _peripheral_point(rng, mask, x, y, 0.0, periphery=True)
-      profile = _blob(x, y, cx + sign * 0.03, cy, rng.uniform(0.05, 0.11))
+      profile = _blob(x, y, cx + sign * 0.03, cy, rng.uniform(0.06, 0.12))
       target = rng.uniform(-700.0, -300.0)
       hu = np.where(lungs, hu + profile * np.maximum(target - hu, 0.0), hu)
       if consolidation and rng.random() < 0.6:
