@@ -1,0 +1,123 @@
+r"""Rounds per second of the compiled engine vs. the sequential loop, in one process.
+
+  python tools/bench_round.py [--hospitals=9,36] [--rounds=5] [--out=results/bench_round]
+
+For the small CNN and a small MLP at H = 9 and H = 36 (every hospital sampled, K local
+steps, batch 32), times the sequential engine (one jitted dispatch per hospital) and the
+compiled engine with each hospital-axis mapping (vmap, unroll), after one warm-up round
+that compiles. Writes <out>.md and <out>.json. Ratios are what to read on a shared CPU;
+absolute times only on an accelerator. Runs unchanged on a GPU.
+"""
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from ccfl_jax.data import hospitals, partition, phantom  # noqa: E402
+from ccfl_jax.federated import engine, mesh as mesh_lib, server  # noqa: E402
+from ccfl_jax.models import get_model  # noqa: E402
+
+_HOSPITALS = flags.DEFINE_list("hospitals", ["9", "36"], "Hospital counts H.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds per case (after one warm-up).")
+_IMAGE = flags.DEFINE_integer("image_size", 32, "Slice size.")
+_LOCAL_STEPS = flags.DEFINE_integer("local_steps", 5, "K local steps.")
+_MODELS = flags.DEFINE_list("models", ["mlp", "small_cnn"], "Models to time.")
+_OUT = flags.DEFINE_string("out", "results/bench_round", "Output path without extension.")
+
+MODEL_KWARGS = {"mlp": dict(hidden=(64, 64)), "small_cnn": {}}
+
+
+def hospital_data(num_hospitals, image_size):
+  slices = phantom.make_phantom(0, 4 * num_hospitals, 8, 0.5, image_size, -600, 1500)
+  part = partition.partition(slices, num_hospitals, "iid", seed=0, test_fraction=0.0)
+  return hospitals.stack_hospitals(slices, part.hospitals)
+
+
+def time_rounds(run_round, state, data, sampled, rounds):
+  """Seconds of the warm-up (compiling) round and the median of `rounds` timed rounds."""
+  tic = time.perf_counter()
+  state, _ = run_round(state, data, sampled, jax.random.key(0))
+  jax.block_until_ready(state)
+  first = time.perf_counter() - tic
+  times = []
+  for r in range(rounds):
+    tic = time.perf_counter()
+    state, _ = run_round(state, data, sampled, jax.random.key(r + 1))
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - tic)
+  return first, statistics.median(times)
+
+
+def bench_case(model_name, num_hospitals, mesh, rounds):
+  model = get_model(model_name, **MODEL_KWARGS[model_name])
+  settings = engine.RoundSettings(
+      model, optax.sgd(0.05, momentum=0.9), optax.sgd(1.0), _LOCAL_STEPS.value, 32, 1.0, 0.1,
+      mesh_lib.default_unroll_local_steps())
+  data = hospital_data(num_hospitals, _IMAGE.value)
+  params = model.module.init(jax.random.key(0), jnp.zeros((1,) + data.images.shape[2:]))
+  state = server.init_state(params, settings.server_optimizer)
+  sampled = np.arange(num_hospitals)
+  engines = {"sequential": (engine.sequential_round(settings), "sequential")}
+  for axis in ("unroll", "vmap"):
+    engines[f"compiled/{axis}"] = (engine.compiled_round(settings, mesh, axis), "compiled")
+  rows = []
+  for name, (run_round, kind) in engines.items():
+    device_data = engine.put_hospital_data(data, mesh, kind)
+    first, median = time_rounds(run_round, state, device_data, sampled, rounds)
+    rows.append(dict(model=model_name, hospitals=num_hospitals, engine=name,
+                     first_round_s=first, round_s=median, rounds_per_s=1.0 / median))
+    print(f"{model_name:10s} H={num_hospitals:3d} {name:18s} first {first:7.2f}s  "
+          f"round {median:7.3f}s", flush=True)
+  sequential = rows[0]["round_s"]
+  for row in rows:
+    row["speedup_vs_sequential"] = sequential / row["round_s"]
+  return rows
+
+
+def markdown(rows, auto_axis):
+  lines = [
+      "# Round throughput: compiled engine vs. sequential loop", "",
+      f"Backend `{jax.default_backend()}`, devices: {', '.join(str(d) for d in jax.devices())}; "
+      f"{platform.processor() or platform.machine()}. Every hospital sampled (m_t = H), "
+      f"K = {_LOCAL_STEPS.value} local steps, batch 32, {_IMAGE.value}x{_IMAGE.value} slices; "
+      f"median of {_ROUNDS.value} rounds after a warm-up round that compiles. "
+      f"`auto` picks `{auto_axis}` on this backend.", "",
+      "Command: `python tools/bench_round.py`", "",
+      "| model | H | engine | first round (s) | round (s) | rounds/s | x sequential |",
+      "|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['model']} | {r['hospitals']} | {r['engine']} | {r['first_round_s']:.2f} | "
+            f"{r['round_s']:.3f} | {r['rounds_per_s']:.2f} | {r['speedup_vs_sequential']:.2f} |"
+            for r in rows]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  mesh = mesh_lib.hospital_mesh(1)
+  rows = []
+  for num_hospitals in map(int, _HOSPITALS.value):
+    for model_name in _MODELS.value:
+      rows += bench_case(model_name, num_hospitals, mesh, _ROUNDS.value)
+  out = pathlib.Path(_OUT.value)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  auto_axis = mesh_lib.default_hospital_axis()
+  out.with_suffix(".json").write_text(json.dumps(
+      dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
+           auto_hospital_axis=auto_axis, rows=rows), indent=2))
+  out.with_suffix(".md").write_text(markdown(rows, auto_axis))
+  print(f"wrote {out}.md and {out}.json")
+
+
+if __name__ == "__main__":
+  app.run(main)
