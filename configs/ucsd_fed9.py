@@ -5,8 +5,8 @@ dataset's official val split (train images -> hospitals, by patient; val -> held
       [--config.dataset.path=../shared/data/ucsd_covid_ct]
 
 About 4-7 minutes on a 2-core CPU (6 min 53 s measured with the CPU shared; 425 train / 118 val
-images from 289 patients, 64x64; 9 hospitals x 5 local steps per round; decoding the 543 images takes ~3 s the first time and is
-cached after that). Results: results/ucsd_fed9/summary.md. Then, for per-patient metrics:
+images from 289 patients, 64x64; 9 hospitals x 5 local steps per round). Decoding the 543 images
+takes ~3-4 s the first time and is cached after that. Results: results/ucsd_fed9/summary.md. Then, for per-patient metrics:
 
   python -m ccfl_jax.evaluate --run=results/ucsd_fed9 \
       --data=image_folder:../shared/data/ucsd_covid_ct --split=val
