@@ -83,14 +83,23 @@ def route(predictions: jax.Array, iterations: int, rules: RoutingRules):
   Returns the output capsules v (B, N_out, D) and the coupling coefficients c
   (B, N_in, N_out) of the last iteration. Logits b are per example.
   """
-  logits = jnp.zeros(predictions.shape[:-1], predictions.dtype)
+  num_outputs = predictions.shape[2]
+  logits = None
   for iteration in range(iterations):
-    coupling = jax.nn.softmax(logits, axis=-1)                                 # eq. 3
-    outputs = squash(jnp.einsum("bij,bijd->bjd", coupling, predictions),      # eq. 2
-                     rules.squash_offset)                                      # eq. 4
+    if iteration == 0:
+      # b = 0 (line 1), so eq. 3 couples uniformly. Written out rather than softmax(zeros):
+      # XLA would constant-fold that softmax over the whole (B, N_in, N_out) array, which
+      # takes seconds of compile time.
+      coupling = jnp.full(predictions.shape[:-1], 1.0 / num_outputs, predictions.dtype)
+      total = jnp.sum(predictions, axis=1) / num_outputs                       # eq. 2
+    else:
+      coupling = jax.nn.softmax(logits, axis=-1)                               # eq. 3
+      total = jnp.einsum("bij,bijd->bjd", coupling, predictions)               # eq. 2
+    outputs = squash(total, rules.squash_offset)                               # eq. 4
     if iteration < iterations - 1:
       agreement = jnp.einsum("bijd,bjd->bij", predictions, outputs)
-      logits = logits + agreement if rules.accumulate_logits else agreement
+      accumulate = rules.accumulate_logits and logits is not None
+      logits = logits + agreement if accumulate else agreement                 # line 5
   return outputs, coupling
 
 
