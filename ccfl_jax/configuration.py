@@ -66,6 +66,25 @@ def default_config() -> ml_collections.ConfigDict:
   c.engine.unroll_local_steps = "auto"  # auto | true | false
   c.engine.num_devices = 0        # 0 = all local devices
 
+  # The run's audit ledger (ccfl_jax/ledger) and the MAE-vote consensus it records (eqs. 14-15).
+  c.ledger = ml_collections.ConfigDict()
+  c.ledger.enabled = True         # False: no ledger, no vote, every sampled update aggregated
+  c.ledger.difficulty = 8         # proof-of-work bits per block
+  c.ledger.num_verifiers = 3      # hospitals whose validation batches judge each update
+  c.ledger.validation_size = 32   # slices per hospital validation batch, drawn each round
+  c.ledger.consensus = ml_collections.ConfigDict()
+  c.ledger.consensus.gamma = 0.5  # eq. 15's weight on the author's own validation MAE
+  c.ledger.consensus.rule = "median_mad"  # median_mad | absolute
+  c.ledger.consensus.k = 3.0      # median_mad: reject score > median + k * MAD
+  c.ledger.consensus.absolute_threshold = 0.5  # absolute: reject score > threshold
+  c.ledger.consensus.mad_floor = 1e-3
+
+  # Simulated poisoning (federated/attacks.py): hospitals 0 .. num_malicious - 1 attack.
+  c.attack = ml_collections.ConfigDict()
+  c.attack.kind = "none"          # none | sign_flip | scale | gaussian_noise | label_flip
+  c.attack.num_malicious = 0
+  c.attack.scale = 10.0           # scale attack: the factor on Δw before the server clips
+
   c.eval_batch_size = 256
   c.checkpoint_every = 5
   c.max_checkpoints_to_keep = 3
@@ -78,6 +97,8 @@ CHOICES = {
     "engine.kind": ("compiled", "sequential"),
     "engine.hospital_axis": ("auto", "vmap", "unroll"),
     "engine.unroll_local_steps": ("auto", "true", "false"),
+    "ledger.consensus.rule": ("median_mad", "absolute"),
+    "attack.kind": ("none", "sign_flip", "scale", "gaussian_noise", "label_flip"),
 }
 FREE_FORM_BLOCKS = ("model", "local_optimizer", "server_optimizer")  # kwargs of what they build
 
@@ -147,6 +168,16 @@ def validate(config) -> None:
   _check(config.partition.alpha > 0, "partition.alpha", "> 0", config)
   _check(0 <= config.dataset.covid_fraction <= 1, "dataset.covid_fraction", "in [0, 1]", config)
   _check(config.engine.num_devices >= 0, "engine.num_devices", ">= 0 (0 = all devices)", config)
+  _check(isinstance(config.ledger.enabled, bool), "ledger.enabled", "True or False", config)
+  _check(0 <= config.ledger.difficulty <= 24, "ledger.difficulty", "proof-of-work bits in [0, 24]",
+         config)
+  for field in ("ledger.num_verifiers", "ledger.validation_size"):
+    _check(_get(config, field) >= 1, field, "an integer >= 1", config)
+  _check(config.ledger.consensus.k > 0, "ledger.consensus.k", "> 0", config)
+  _check(config.ledger.consensus.gamma >= 0, "ledger.consensus.gamma", ">= 0", config)
+  _check(config.ledger.consensus.mad_floor >= 0, "ledger.consensus.mad_floor", ">= 0", config)
+  _check(0 <= config.attack.num_malicious <= config.num_hospitals, "attack.num_malicious",
+         f"0 <= count <= num_hospitals ({config.num_hospitals})", config)
   _check(config.dataset.name == "phantom" or bool(config.dataset.path), "dataset.path",
          f"the folder of the {config.dataset.name!r} dataset", config)
   try:

@@ -14,10 +14,28 @@ def log_round(record: dict, num_rounds: int, round_times: list[float]) -> None:
   recent = round_times[1:] or round_times  # the first round includes compilation
   eta = (num_rounds - record["round"]) * sum(recent) / len(recent)
   LOG.info("round %d/%d  loss %.4f  test acc %.3f  sens %.3f  spec %.3f  eps %.3g "
-               "(delta %.0e)  %.2fs/round  ETA %.0fs", record["round"], num_rounds,
-               record["local_loss"], record["accuracy"], record["sensitivity"],
+               "(delta %.0e)  accepted %d/%d  %.2fs/round  ETA %.0fs", record["round"],
+               num_rounds, record["local_loss"], record["accuracy"], record["sensitivity"],
                record["specificity"], record["epsilon"], record["delta"],
-               record["round_seconds"], eta)
+               len(record["accepted"]), len(record["sampled"]), record["round_seconds"], eta)
+
+
+def vote_totals(records: list[dict]) -> dict:
+  """Accepted and rejected updates over the run, split into malicious and honest hospitals."""
+  malicious = sum(r["malicious_accepted"] + r["malicious_rejected"] for r in records)
+  updates = sum(len(r["sampled"]) for r in records)
+  totals = dict(
+      updates=updates, accepted=sum(len(r["accepted"]) for r in records),
+      rejected=sum(len(r["rejected"]) for r in records), malicious_updates=malicious,
+      malicious_accepted=sum(r["malicious_accepted"] for r in records),
+      malicious_rejected=sum(r["malicious_rejected"] for r in records),
+      honest_updates=updates - malicious,
+      honest_rejected=sum(r["honest_rejected"] for r in records))
+  totals["malicious_rejected_rate"] = (totals["malicious_rejected"] / malicious
+                                       if malicious else None)
+  totals["honest_rejected_rate"] = (totals["honest_rejected"] / totals["honest_updates"]
+                                    if totals["honest_updates"] else None)
+  return totals
 
 
 def summarize(config, records: list[dict], data_counts: list[dict], seconds: float,
@@ -31,6 +49,10 @@ def summarize(config, records: list[dict], data_counts: list[dict], seconds: flo
                    clip_norm=config.privacy.clip_norm, accountant="RDP (dp_accounting), "
                    "sampling without replacement, REPLACE_ONE, sensitivity 2S",
                    unit="one hospital's whole dataset"),
+      ledger=dict(enabled=config.ledger.enabled,
+                  consensus=config.ledger.consensus.to_dict() if config.ledger.enabled else None,
+                  num_verifiers=config.ledger.num_verifiers),
+      attack=config.attack.to_dict(), votes=vote_totals(records),
       data=data_counts, seconds_this_process=seconds,
       mean_round_seconds=(sum(r["round_seconds"] for r in records[1:]) / (len(records) - 1)
                           if len(records) > 1 else None),
@@ -57,12 +79,30 @@ def summary_markdown(summary: dict) -> str:
            f"(ε, δ) = ({_fmt(p['epsilon'])}, {p['delta']:g}) with noise multiplier σ = "
            f"{p['noise_multiplier']}, clip norm S = {p['clip_norm']}; accountant: {p['accountant']}; "
            f"unit of privacy: {p['unit']}.", "",
+           "## Consensus and attack", "", _votes_markdown(summary), "",
            "## Data (patients, slices, positive slices)", "",
            "| split | patients | slices | positive slices |", "|---|---|---|---|"]
   lines += [f"| {r['name']} | {r['patients']} | {r['slices']} | {r['positive_slices']} |"
             for r in summary["data"]]
   lines += ["", "## Config", "", "```json", json.dumps(summary["config"], indent=2,
                                                         sort_keys=True), "```", ""]
+  return "\n".join(lines)
+
+
+def _votes_markdown(summary: dict) -> str:
+  v, a, ledger = summary["votes"], summary["attack"], summary["ledger"]
+  vote = (f"MAE vote (eqs. 14-15) {ledger['consensus']} with {ledger['num_verifiers']} verifiers; "
+          "ledger: `python -m ccfl_jax.ledger verify` on the run folder."
+          if ledger["enabled"] else "No ledger and no vote: every sampled update aggregated.")
+  lines = [vote, "",
+           f"Updates: {v['updates']} submitted, {v['accepted']} accepted, {v['rejected']} rejected."]
+  if a["kind"] != "none" and a["num_malicious"]:
+    lines.append(f"Attack {a['kind']} by {a['num_malicious']} hospital(s): "
+                 f"{v['malicious_rejected']}/{v['malicious_updates']} malicious updates rejected "
+                 f"({_fmt(v['malicious_rejected_rate'])}), {v['honest_rejected']}/"
+                 f"{v['honest_updates']} honest ones ({_fmt(v['honest_rejected_rate'])}).")
+  else:
+    lines.append(f"No attack; honest updates rejected: {v['honest_rejected']}/{v['honest_updates']}.")
   return "\n".join(lines)
 
 

@@ -4,6 +4,17 @@
 of the same command resumes from the run's latest checkpoint and ends with the same
 parameters and metrics as a run never stopped (sampling, batches and noise are pure
 functions of (seed, round)).
+
+With config.ledger.enabled (the default) every run keeps an audit ledger in
+`<run_dir>/ledger` (ccfl_jax/ledger/run_ledger.py): a setup block registers each hospital's
+data (patient and slice counts and the sha256 of its manifest, never data), and every round
+appends one block with the round's sampled hospitals, the digest of each clipped update,
+the eq. 14 MAEs and eq. 15 votes the compiled round computed, the accepted set and the
+global model. A round that checkpoints writes its orbax checkpoint first and records its
+sha256 in the block; a round without a checkpoint (checkpoint_every > 1) records the sha256
+of the global params instead (digests.update_digest). On resume the ledger decides which
+checkpoint is trustworthy (plan_resume): checkpoints no block vouches for are deleted and
+blocks after the restored round are rolled back, then those rounds are recomputed.
 """
 import json
 import logging
@@ -16,7 +27,10 @@ import numpy as np
 
 from ccfl_jax import checkpointing, configuration, metrics, reporting
 from ccfl_jax.data import datasets, hospitals, partition
-from ccfl_jax.federated import engine, mesh as mesh_lib, privacy, sampling, server
+from ccfl_jax.federated import attacks, engine, mesh as mesh_lib, privacy, sampling, server
+from ccfl_jax.ledger import run_ledger, store as ledger_store
+from ccfl_jax.ledger.consensus import ConsensusRule
+from ccfl_jax.ledger.digests import update_digest
 from ccfl_jax.models import get_model
 
 LOG = logging.getLogger("ccfl_jax")
@@ -54,6 +68,17 @@ def initial_server_state(config, model) -> server.ServerState:
   return server.init_state(params, server_optimizer(config))
 
 
+def consensus_rule(config) -> ConsensusRule | None:
+  """The MAE vote the ledger records (eqs. 14-15); None without a ledger: every update counts."""
+  if not config.ledger.enabled:
+    return None
+  return ConsensusRule(**config.ledger.consensus.to_dict())
+
+
+def attack(config) -> attacks.Attack:
+  return attacks.Attack(config.attack.kind, config.attack.num_malicious, config.attack.scale)
+
+
 def round_settings(config, model) -> engine.RoundSettings:
   unroll = config.engine.unroll_local_steps
   return engine.RoundSettings(
@@ -62,7 +87,9 @@ def round_settings(config, model) -> engine.RoundSettings:
       batch_size=config.batch_size, clip_norm=config.privacy.clip_norm,
       noise_multiplier=config.privacy.noise_multiplier,
       unroll_local_steps=(mesh_lib.default_unroll_local_steps() if unroll == "auto"
-                          else configuration.as_bool(unroll)))
+                          else configuration.as_bool(unroll)),
+      consensus=consensus_rule(config), validation_size=config.ledger.validation_size,
+      attack=attack(config), return_updates=config.ledger.enabled)
 
 
 def build_round(config, model, mesh):
@@ -95,15 +122,31 @@ def make_evaluator(model, images, labels, batch_size: int):
   return evaluate
 
 
+def data_registrations(slices, hospital_indices) -> list[run_ledger.DataRegistration]:
+  """What the ledger learns of each hospital's data: counts and a manifest digest.
+
+  The manifest is the hospital's sorted (patient id, slice count) pairs; only its sha256 is
+  published, so an auditor holding the manifest can check it, and nobody else learns it.
+  """
+  registrations = []
+  for h, index in enumerate(hospital_indices):
+    patients, counts = np.unique(slices.patient_ids[index].astype(str), return_counts=True)
+    manifest = [[p, int(c)] for p, c in zip(patients.tolist(), counts)]
+    registrations.append(run_ledger.DataRegistration(
+        h, "ct_slices", len(patients), int(len(index)), run_ledger.manifest_sha256(manifest)))
+  return registrations
+
+
 def prepare_data(config):
-  """Dataset -> patient-level partition -> (hospital arrays, test slices, per-split counts)."""
+  """Dataset -> patient-level partition -> (hospital arrays, test slices, per-split counts,
+  ledger registrations)."""
   slices = datasets.load_dataset(config.dataset, config.seed)
   p = config.partition
   part = partition.partition(slices, config.num_hospitals, p.kind, config.seed,
                              test_fraction=p.test_fraction, alpha=p.alpha,
                              use_official_split=p.use_official_split)
   return (hospitals.stack_hospitals(slices, part.hospitals), slices.take(part.test),
-          partition.describe(slices, part))
+          partition.describe(slices, part), data_registrations(slices, part.hospitals))
 
 
 def _read_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
@@ -114,13 +157,67 @@ def _read_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
   return [r for r in records if r["round"] <= rounds_done]
 
 
+def open_ledger(config, run_dir: pathlib.Path, manager, registrations):
+  """The run's ledger, opened (or reloaded and verified) with the hospitals' data registered,
+  and the orbax step to restore (None: initial model), per run_ledger's resume plan."""
+  if not config.ledger.enabled:
+    return None, manager.latest_step()
+  fresh = not ledger_store.ledger_dir(run_dir).exists()
+  if fresh and manager.latest_step() is not None:
+    # Deleting checkpoints nobody vouches for would destroy a run made without a ledger.
+    raise ValueError(f"{run_dir} has checkpoints but no ledger: it was made with "
+                     f"ledger.enabled=False; resume it so, or use another run_name")
+  c = config.ledger
+  run = run_ledger.open_run_ledger(run_dir, config.seed, config.num_hospitals,
+                                   difficulty=c.difficulty, num_verifiers=c.num_verifiers,
+                                   consensus=consensus_rule(config))
+  run = run_ledger.register_data(run, registrations)
+  plan = run_ledger.plan_resume(run, run_dir / "checkpoints")
+  for step in plan.unrecorded_steps:  # written just before a crash, never recorded
+    LOG.info("deleting checkpoint %d: no ledger block vouches for it", step)
+    manager.delete(step)
+  run = run_ledger.rollback_to_round(run, plan.restore_round,
+                                     reason=f"resume from checkpoint {plan.restore_step}")
+  return run, plan.restore_step
+
+
+def record_round(run, round_index: int, sampled, out, state, epsilon: float, config,
+                 checkpoint_dir):
+  """Appends round `round_index`'s block: updates, votes, accepted set, global model."""
+  if run is None:
+    return None
+  updates = jax.device_get(out.updates)
+  digests = [update_digest(jax.tree.map(lambda u, i=i: u[i], updates))
+             for i in range(len(sampled))]
+  p = config.privacy
+  return run_ledger.record_round(
+      run, round_index, sampled=sampled.tolist(), update_digests=digests,
+      local_maes=np.asarray(out.self_mae), mae_matrix=np.asarray(out.mae),
+      vote_scores=np.asarray(out.vote_scores), accepted=np.asarray(out.accepted),
+      epsilon=epsilon, delta=p.delta, sigma=p.noise_multiplier, clip_norm=p.clip_norm,
+      checkpoint_dir=checkpoint_dir,
+      params_digest=None if checkpoint_dir is not None else update_digest(state.params))
+
+
+def vote_record(sampled, out) -> dict:
+  """Per-round metrics of the vote and of the attack (malicious = the attack's hospitals)."""
+  accepted = np.asarray(out.accepted, bool)
+  malicious = np.asarray(out.malicious, bool)
+  return dict(
+      accepted=sampled[accepted].tolist(), rejected=sampled[~accepted].tolist(),
+      malicious_accepted=int(np.sum(malicious & accepted)),
+      malicious_rejected=int(np.sum(malicious & ~accepted)),
+      honest_rejected=int(np.sum(~malicious & ~accepted)),
+      vote_scores=None if out.vote_scores is None else np.asarray(out.vote_scores).tolist())
+
+
 def train_and_evaluate(config, run_dir) -> dict:
   """Trains config.num_rounds federated rounds in `run_dir`; returns the summary."""
   configuration.validate(config)
   run_dir = pathlib.Path(run_dir)
   checkpointing.write_config(run_dir, config)
   started = time.time()
-  data, test, data_counts = prepare_data(config)
+  data, test, data_counts, registrations = prepare_data(config)
   LOG.info("data: %s", "; ".join(f"{r['name']}: {r['patients']} patients, {r['slices']} "
                                      f"slices, {r['positive_slices']} positive" for r in data_counts))
   model = build_model(config)
@@ -129,9 +226,11 @@ def train_and_evaluate(config, run_dir) -> dict:
   device_data = engine.put_hospital_data(data, mesh, config.engine.kind)
   evaluate = make_evaluator(model, test.images, test.labels, config.eval_batch_size)
   manager = checkpointing.checkpoint_manager(run_dir, config.max_checkpoints_to_keep)
+  ledger, restore_step = open_ledger(config, run_dir, manager, registrations)
 
   state = initial_server_state(config, model)
-  restored = checkpointing.restore(manager, state, config.seed)
+  restored = (None if restore_step is None
+              else checkpointing.restore(manager, state, config.seed, restore_step))
   rounds_done, history = 0, []
   if restored is not None:
     state, rounds_done, history = restored
@@ -147,26 +246,34 @@ def train_and_evaluate(config, run_dir) -> dict:
     tic = time.time()
     sampled = sampling.sample_hospitals(config.seed, round_index, config.num_hospitals,
                                         config.hospitals_per_round)
-    state, out = run_round(state, device_data, sampled, jax.random.fold_in(base_key, round_index))
+    verifiers = (None if ledger is None
+                 else np.asarray(run_ledger.round_roles(ledger, round_index).verifiers))
+    state, out = run_round(state, device_data, sampled, jax.random.fold_in(base_key, round_index),
+                           verifiers)
     jax.block_until_ready(state)
     round_times.append(time.time() - tic)
+    # The accountant charges the m_t sampled, not the number accepted (privacy.py).
     history.append(len(sampled))
+    epsilon = privacy.epsilon(config.num_hospitals, history, p.noise_multiplier, p.delta)
     test_loss, prob_covid = evaluate(state.params)
     record = dict(
-        round=round_index + 1, sampled=sampled.tolist(),
+        round=round_index + 1, sampled=sampled.tolist(), **vote_record(sampled, out),
         local_loss=float(np.mean(out.local_loss)),
         clipped_fraction=float(np.mean(np.asarray(out.update_norm) > p.clip_norm)),
         test_loss=test_loss, **metrics.classification_metrics(test.labels, prob_covid),
-        epsilon=privacy.epsilon(config.num_hospitals, history, p.noise_multiplier, p.delta),
-        delta=p.delta, round_seconds=round_times[-1])
+        epsilon=epsilon, delta=p.delta, round_seconds=round_times[-1])
     records.append(record)
     with metrics_path.open("a") as f:
       f.write(json.dumps(record) + "\n")
+    checkpoint_dir = None
     if (round_index + 1) % config.checkpoint_every == 0 or round_index + 1 == config.num_rounds:
+      # Before the block: the block carries the checkpoint's sha256.
       checkpointing.save(manager, state, round_index + 1, config.seed, history)
+      checkpoint_dir = run_dir / "checkpoints" / str(round_index + 1)
+    ledger = record_round(ledger, round_index, sampled, out, state, epsilon, config,
+                          checkpoint_dir)
     reporting.log_round(record, config.num_rounds, round_times)
   summary = reporting.summarize(config, records, data_counts, time.time() - started,
                                 jax.devices())
   reporting.write_outputs(run_dir, summary, records)
   return summary
-

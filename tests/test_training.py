@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ccfl_jax import checkpointing, configuration, training
+from ccfl_jax.ledger import audit, store
 from tests.conftest import REPO_ROOT
 
 
@@ -51,6 +52,43 @@ def test_resume_after_stop_and_crash_matches_uninterrupted(tmp_path):
   assert round_a == round_b == 4
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  result = subprocess.run([sys.executable, "-m", "ccfl_jax.ledger", "verify", str(resumed)],
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "OK: 6 blocks (4 rounds)" in result.stdout  # 2 setup blocks, then one per round
+  records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+  assert all(sorted(r["accepted"] + r["rejected"]) == r["sampled"] for r in records)
+
+
+def _flip_one_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+
+
+def test_crash_between_checkpoint_and_block_then_tampering(tmp_path):
+  """A checkpoint no block vouches for is discarded and its round recomputed; a byte flipped
+  in a recorded checkpoint fails verify and refuses a resume."""
+  run_dir = tmp_path / "run"
+  config = tiny_config(num_rounds=2, checkpoint_every=1)
+  training.train_and_evaluate(config, run_dir)
+  _, params_before, _ = checkpointing.load_run(run_dir)
+  sorted(store.ledger_dir(run_dir).glob("*.json"))[-1].unlink()  # round 2's block never written
+  training.train_and_evaluate(config, run_dir)  # checkpoint 2 deleted, round 2 recomputed
+  _, params_after, rounds_done = checkpointing.load_run(run_dir)
+  assert rounds_done == 2
+  for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(params_after)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  report = audit.verify_run(run_dir)
+  assert report.ok and report.rounds == 2 and report.checkpoints_rehashed == 2, report.summary()
+  checkpoint = run_dir / "checkpoints" / "2"
+  _flip_one_byte(max((p for p in checkpoint.rglob("*") if p.is_file()),
+                     key=lambda p: p.stat().st_size))
+  report = audit.verify_run(run_dir)
+  assert not report.ok and "checkpoints/2" in report.failure, report.summary()
+  with pytest.raises(ValueError, match="does not match the ledger"):
+    training.train_and_evaluate(tiny_config(num_rounds=3, checkpoint_every=1), run_dir)
 
 
 def _main(*args, cwd):
@@ -76,6 +114,8 @@ def test_main_writes_metrics_summary_plot_and_checkpoints(tmp_path):
   assert (run_dir / "curves.png").stat().st_size > 1000
   assert (run_dir / "checkpoints" / "2").is_dir()
   assert "round 2/2" in result.stderr and "eps" in result.stderr
+  assert summary["votes"]["updates"] == 4 and summary["ledger"]["enabled"]
+  assert (run_dir / "ledger").is_dir()
 
 
 @pytest.mark.parametrize("override, field", [
@@ -99,6 +139,9 @@ def test_main_rejects_bad_config_in_one_line(tmp_path, override, field):
     (lambda c: c.privacy.__setitem__("clip", 1.0), "privacy.clip: unknown field.*clip_norm"),
     (lambda c: c.model.__setitem__("depth", 3), "config.model.*depth"),
     (lambda c: setattr(c.local_optimizer, "name", "adamz"), "local_optimizer.name.*optax"),
+    (lambda c: setattr(c.attack, "kind", "backdoor"), "attack.kind.*sign_flip"),
+    (lambda c: setattr(c.attack, "num_malicious", 4), "attack.num_malicious"),
+    (lambda c: setattr(c.ledger.consensus, "rule", "mean"), "ledger.consensus.rule.*median_mad"),
 ])
 def test_validate_names_field_and_choices(change, message):
   config = tiny_config()
@@ -107,7 +150,7 @@ def test_validate_names_field_and_choices(change, message):
     configuration.validate(config)
 
 
-@pytest.mark.parametrize("name", ["fed3", "fed9", "tiny"])
+@pytest.mark.parametrize("name", ["fed3", "fed9", "tiny", "attack9"])
 def test_shipped_configs_validate(name):
   from ml_collections import config_flags  # noqa: F401  (configs are plain modules)
   import importlib.util

@@ -2,7 +2,9 @@
 
 `hospital_update` trains the global model on the hospital's own slices for K local
 optimizer steps and returns its clipped update Δw = w_local - w_global (the paper's
-section on random sub-sampling and distorting; Geyer et al. 2017).
+section on random sub-sampling and distorting; Geyer et al. 2017). A malicious hospital
+(attacks.py) trains on poisoned labels or submits a poisoned update; the server clips
+whatever it receives.
 """
 import functools
 
@@ -10,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ccfl_jax.federated import privacy
+from ccfl_jax.federated import attacks, privacy
 
 
 def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
@@ -45,16 +47,23 @@ def local_training(params, images, labels, count, key, *, model, optimizer, loca
   return local_params, jnp.mean(losses)
 
 
-def hospital_update(params, images, labels, count, key, *, clip_norm, **training):
-  """One hospital's clipped update, its norm before clipping and its mean local loss."""
+def hospital_update(params, images, labels, count, key, malicious=False, *, clip_norm,
+                    attack=attacks.Attack(), **training):
+  """One hospital's clipped submitted update, the submitted norm before clipping, mean local loss.
+
+  `malicious` is a traced flag: honest and malicious hospitals share one trace.
+  """
+  labels = attacks.training_labels(attack, labels, malicious)
   local_params, loss = local_training(params, images, labels, count, key, **training)
   delta = jax.tree.map(jnp.subtract, local_params, params)
-  clipped, norm = privacy.clip_update(delta, clip_norm)
+  submitted = attacks.submitted_update(attack, delta, malicious, jax.random.fold_in(key, 1))
+  clipped, norm = privacy.clip_update(submitted, clip_norm)
   return clipped, norm, loss
 
 
-def make_hospital_update(model, optimizer, local_steps, batch_size, unroll, clip_norm):
+def make_hospital_update(model, optimizer, local_steps, batch_size, unroll, clip_norm,
+                         attack=attacks.Attack()):
   """`hospital_update` with the round's fixed settings bound."""
   return functools.partial(hospital_update, model=model, optimizer=optimizer,
                            local_steps=local_steps, batch_size=batch_size, unroll=unroll,
-                           clip_norm=clip_norm)
+                           clip_norm=clip_norm, attack=attack)

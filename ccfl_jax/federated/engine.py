@@ -1,16 +1,27 @@
 """How hospitals are mapped: the compiled engine (one jitted round) and the sequential one.
 
-Both return `run_round(state, data, sampled, key) -> (state, RoundOutput)` with the same
-numbers (same per-hospital keys): the compiled engine trains every sampled hospital inside
-ONE jitted function, hospitals sharded over a 1-D device mesh with `shard_map` and mapped
-within a device by `vmap` or unrolled in the trace; the sequential engine is the usual
-federated-learning loop, one dispatch per hospital, kept to check and measure the first.
+Both return `run_round(state, data, sampled, key, verifiers=None) -> (state, RoundOutput)`
+with the same numbers (same per-hospital keys). A round is
 
-Keys: hospital h's local randomness is fold_in(fold_in(round_key, 0), h); the server's
-noise is fold_in(round_key, 1). Neither depends on the device count or the engine.
+  1. every sampled hospital trains and submits its clipped update (client.py, attacks.py);
+  2. with a consensus rule: its local model, global params + clipped Δw, is evaluated on the
+     validation batch of each of the round's verifiers and on its own (eq. 14,
+     cross_evaluation.py), scored by eq. 15 and accepted or rejected (ledger/consensus.py);
+  3. the accepted clipped updates are summed, noised and averaged over the number accepted
+     (privacy.noisy_mean, eq. 5) and the server steps.
+
+The compiled engine runs all of it inside ONE jitted function: hospitals sharded over a 1-D
+device mesh with `shard_map` and mapped within a device by `vmap` or unrolled in the trace
+(each device evaluates its own hospitals' models on every verifier's batch); the vote, on
+the gathered [m, v] MAE matrix, and the weighted sum follow in the same jit. The sequential
+engine is the usual federated-learning loop, one dispatch per hospital, kept to check and
+measure the first.
+
+Keys: hospital h's local randomness is fold_in(fold_in(round_key, 0), h); the server's noise
+is fold_in(round_key, 1); h's validation batch fold_in(fold_in(round_key, 2), h). None
+depends on the device count or the engine.
 """
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -18,15 +29,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ccfl_jax.federated import client, mesh as mesh_lib, privacy, server
+from ccfl_jax.federated import attacks, client, cross_evaluation, mesh as mesh_lib, privacy, server
+from ccfl_jax.ledger import consensus as consensus_lib
 
 H = mesh_lib.HOSPITAL_AXIS
 
 
 class RoundOutput(NamedTuple):
-  """Per sampled hospital (padded entries dropped): local loss and update norm before clipping."""
+  """Per sampled hospital, in `sampled` order (padded entries dropped).
+
+  mae [m, v], self_mae, vote_scores are None without a consensus rule; updates (the clipped
+  submitted updates, leading axis m) are None unless settings.return_updates.
+  """
   local_loss: Any
-  update_norm: Any
+  update_norm: Any  # of the submitted update, before clipping
+  accepted: Any
+  malicious: Any
+  mae: Any = None
+  self_mae: Any = None
+  vote_scores: Any = None
+  updates: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +61,10 @@ class RoundSettings:
   clip_norm: float
   noise_multiplier: float
   unroll_local_steps: bool
+  consensus: consensus_lib.ConsensusRule | None = None  # None: accept every update
+  validation_size: int = 32
+  attack: attacks.Attack = attacks.Attack()
+  return_updates: bool = False
 
 
 def hospital_keys(round_key, hospital_ids):
@@ -46,9 +72,57 @@ def hospital_keys(round_key, hospital_ids):
   return jax.vmap(jax.random.fold_in, (None, 0))(local_key, hospital_ids)
 
 
-def _hospital_fn(s: RoundSettings):
-  return client.make_hospital_update(s.model, s.local_optimizer, s.local_steps, s.batch_size,
-                                     s.unroll_local_steps, s.clip_norm)
+def _hospital_round(s: RoundSettings):
+  """fn(shared, hospital) -> (clipped update, stats): one sampled hospital's part of the round.
+
+  shared = (global params, verifier batches or None); hospital = (images, labels, count, key,
+  malicious, own validation batch or None); stats = (norm, loss[, mae row, self mae]).
+  """
+  update = client.make_hospital_update(s.model, s.local_optimizer, s.local_steps, s.batch_size,
+                                       s.unroll_local_steps, s.clip_norm, s.attack)
+
+  def fn(shared, hospital):
+    params, verifier_batches = shared
+    images, labels, count, key, malicious, own_batch = hospital
+    delta, norm, loss = update(params, images, labels, count, key, malicious)
+    if s.consensus is None:
+      return delta, (norm, loss)
+    mae, self_mae = cross_evaluation.cross_evaluate(s.model, params, delta, *own_batch,
+                                                    *verifier_batches)
+    return delta, (norm, loss, mae, self_mae)
+
+  return fn
+
+
+def _map_hospitals(fn, hospital_axis: str, shared, per_hospital):
+  """fn over the leading (hospital) axis of `per_hospital`; results stacked on that axis."""
+  if hospital_axis == "vmap":
+    return jax.vmap(fn, (None, 0))(shared, per_hospital)
+  count = jax.tree.leaves(per_hospital)[0].shape[0]
+  results = [fn(shared, jax.tree.map(lambda a, i=i: a[i], per_hospital))  # unrolled in the trace
+             for i in range(count)]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *results)
+
+
+def _weighted_sum(deltas, weights):
+  return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+
+
+def _vote(stats, weights, rule: consensus_lib.ConsensusRule | None):
+  """(accepted [n], eq. 15 scores [n] or None); padding (weight 0) is never accepted.
+
+  Padding scores are NaN, which the rule ignores when it takes the median and MAD, so the
+  decision on the real hospitals is the one the ledger recomputes from them alone.
+  """
+  real = weights > 0
+  if rule is None:
+    return real, None
+  _, _, mae, self_mae = stats
+  scores = consensus_lib.vote_scores(mae, self_mae, rule.gamma)
+  scores = jnp.where(real, scores, jnp.nan)
+  accepted = consensus_lib.accept_mask(scores, rule.rule, rule.k, rule.absolute_threshold,
+                                       rule.mad_floor)
+  return accepted & real, scores
 
 
 def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings):
@@ -57,55 +131,63 @@ def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings)
   return server.apply_update(state, mean_update, s.server_optimizer)
 
 
-def _map_hospitals(hospital_fn, hospital_axis, params, images, labels, counts, keys, weights):
-  """Weighted sum of the clipped updates of this device's hospitals, and per-hospital stats."""
-  if hospital_axis == "vmap":
-    deltas, norms, losses = jax.vmap(hospital_fn, (None, 0, 0, 0, 0))(
-        params, images, labels, counts, keys)
-    total = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
-    return total, norms, losses
-  total, norms, losses = None, [], []
-  for i in range(images.shape[0]):  # unrolled in the trace: one compiled step, no dispatch
-    delta, norm, loss = hospital_fn(params, images[i], labels[i], counts[i], keys[i])
-    weighted = jax.tree.map(lambda d: weights[i] * d, delta)
-    total = weighted if total is None else jax.tree.map(jnp.add, total, weighted)
-    norms.append(norm)
-    losses.append(loss)
-  return total, jnp.stack(norms), jnp.stack(losses)
+def _round_output(deltas, stats, accepted, malicious, scores, s: RoundSettings) -> RoundOutput:
+  norms, losses = stats[:2]
+  mae, self_mae = stats[2:] if s.consensus is not None else (None, None)
+  return RoundOutput(losses, norms, accepted, malicious, mae, self_mae, scores,
+                     deltas if s.return_updates else None)
+
+
+def _validation_batches(data, sampled, verifiers, round_key, s: RoundSettings):
+  if s.consensus is None:
+    return None, None
+  return (cross_evaluation.validation_batches(data, sampled, round_key, s.validation_size),
+          cross_evaluation.validation_batches(data, verifiers, round_key, s.validation_size))
+
+
+def _check_verifiers(settings: RoundSettings, verifiers):
+  if settings.consensus is not None and verifiers is None:
+    raise ValueError("a round with a consensus rule needs its verifiers (run_ledger.round_roles)")
+  return jnp.zeros(0, jnp.int32) if verifiers is None else jnp.asarray(verifiers, jnp.int32)
 
 
 def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
-  """The whole round — local training, clipping, noise, aggregation, server step — one jit."""
-  hospital_fn = _hospital_fn(settings)
+  """The whole round — training, cross-evaluation, vote, noise, aggregation, server step — one jit."""
+  hospital_fn = _hospital_round(settings)
   num_devices = mesh.devices.size
 
-  def per_device(params, images, labels, counts, keys, weights):
+  def train_and_cross_evaluate(params, per_hospital, verifier_batches):
     # Replicated params would make grad return a gradient summed over devices (NOTES-jax.md):
     # mark them device-varying so every hospital differentiates its own copy.
     params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, H, to="varying"), params)
-    total, norms, losses = _map_hospitals(hospital_fn, hospital_axis, params, images, labels,
-                                          counts, keys, weights)
-    return jax.lax.psum(total, H), norms, losses
+    return _map_hospitals(hospital_fn, hospital_axis, (params, verifier_batches), per_hospital)
 
-  sharded = jax.shard_map(per_device, mesh=mesh,
-                          in_specs=(P(), P(H), P(H), P(H), P(H), P(H)),
-                          out_specs=(P(), P(H), P(H)))
+  sharded_hospitals = jax.shard_map(train_and_cross_evaluate, mesh=mesh,
+                                    in_specs=(P(), P(H), P()), out_specs=(P(H), P(H)))
+  sharded_sum = jax.shard_map(lambda deltas, weights: jax.lax.psum(_weighted_sum(deltas, weights), H),
+                              mesh=mesh, in_specs=(P(H), P(H)), out_specs=P())
 
   @jax.jit
-  def step(state, data, sampled, weights, round_key):
-    keys = hospital_keys(round_key, sampled)
-    clipped_sum, norms, losses = sharded(state.params, data.images[sampled],
-                                         data.labels[sampled], data.counts[sampled], keys, weights)
-    state = _finish_round(state, clipped_sum, jnp.sum(weights), round_key, settings)
-    return state, RoundOutput(losses, norms)
+  def step(state, data, sampled, weights, verifiers, round_key):
+    malicious = attacks.malicious_flags(settings.attack, sampled)
+    own_batches, verifier_batches = _validation_batches(data, sampled, verifiers, round_key,
+                                                        settings)
+    per_hospital = (data.images[sampled], data.labels[sampled], data.counts[sampled],
+                    hospital_keys(round_key, sampled), malicious, own_batches)
+    deltas, stats = sharded_hospitals(state.params, per_hospital, verifier_batches)
+    accepted, scores = _vote(stats, weights, settings.consensus)
+    aggregate_weights = weights * accepted
+    clipped_sum = sharded_sum(deltas, aggregate_weights)
+    state = _finish_round(state, clipped_sum, jnp.sum(aggregate_weights), round_key, settings)
+    return state, _round_output(deltas, stats, accepted, malicious, scores, settings)
 
   replicated = NamedSharding(mesh, P())
 
-  def run_round(state, data, sampled, round_key):
+  def run_round(state, data, sampled, round_key, verifiers=None):
     ids, weights = mesh_lib.pad_sampled(np.asarray(sampled), num_devices)
     # Same sharding as the step's output, so the second round does not recompile.
     state = jax.device_put(state, replicated)
-    state, out = step(state, data, ids, weights, round_key)
+    state, out = step(state, data, ids, weights, _check_verifiers(settings, verifiers), round_key)
     return state, jax.tree.map(lambda a: a[:len(sampled)], out)
 
   return run_round
@@ -113,21 +195,43 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
 
 def sequential_round(settings: RoundSettings):
   """The usual federated loop: one jitted dispatch per hospital, then a jitted server step."""
-  hospital_step = jax.jit(_hospital_fn(settings))
-  add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-  finish = jax.jit(functools.partial(_finish_round, s=settings))
+  hospital_step = jax.jit(_hospital_round(settings))
+  validation_batch = jax.jit(cross_evaluation.validation_batch, static_argnames="size")
 
-  def run_round(state, data, sampled, round_key):
-    keys = hospital_keys(round_key, jnp.asarray(sampled, jnp.int32))
-    clipped_sum, norms, losses = None, [], []
-    for i, h in enumerate(np.asarray(sampled)):
-      delta, norm, loss = hospital_step(state.params, data.images[h], data.labels[h],
-                                        data.counts[h], keys[i])
-      clipped_sum = delta if clipped_sum is None else add(clipped_sum, delta)
-      norms.append(norm)
-      losses.append(loss)
-    state = finish(state, clipped_sum, jnp.float32(len(sampled)), round_key)
-    return state, RoundOutput(jnp.stack(losses), jnp.stack(norms))
+  @jax.jit
+  def finish(state, deltas, stats, malicious, round_key):
+    deltas = jax.tree.map(lambda *leaves: jnp.stack(leaves), *deltas)
+    stats = jax.tree.map(lambda *leaves: jnp.stack(leaves), *stats)
+    accepted, scores = _vote(stats, jnp.ones(len(malicious), jnp.float32), settings.consensus)
+    aggregate_weights = accepted.astype(jnp.float32)
+    clipped_sum = _weighted_sum(deltas, aggregate_weights)
+    state = _finish_round(state, clipped_sum, jnp.sum(aggregate_weights), round_key, settings)
+    return state, _round_output(deltas, stats, accepted, malicious, scores, settings)
+
+  def batches_of(data, hospitals, round_key):
+    keys = cross_evaluation.validation_keys(round_key, jnp.asarray(hospitals, jnp.int32))
+    return [validation_batch(data.images[h], data.labels[h], data.counts[h], keys[i],
+                             size=settings.validation_size) for i, h in enumerate(hospitals)]
+
+  def run_round(state, data, sampled, round_key, verifiers=None):
+    sampled = np.asarray(sampled)
+    verifiers = np.asarray(_check_verifiers(settings, verifiers))
+    ids = jnp.asarray(sampled, jnp.int32)
+    keys = hospital_keys(round_key, ids)
+    malicious = attacks.malicious_flags(settings.attack, ids)
+    own_batches, verifier_batches = [None] * len(sampled), None
+    if settings.consensus is not None:
+      own_batches = batches_of(data, sampled, round_key)
+      verifier_batches = jax.tree.map(lambda *b: jnp.stack(b),
+                                      *batches_of(data, verifiers, round_key))
+    deltas, stats = [], []
+    for i, h in enumerate(sampled):
+      delta, hospital_stats = hospital_step(
+          (state.params, verifier_batches),
+          (data.images[h], data.labels[h], data.counts[h], keys[i], malicious[i], own_batches[i]))
+      deltas.append(delta)
+      stats.append(hospital_stats)
+    return finish(state, deltas, stats, malicious, round_key)
 
   return run_round
 

@@ -10,6 +10,18 @@ REPLACE_ONE (one hospital's data replaced by arbitrary other data): replacing on
 update moves the sum by up to 2S. With noise std σS on the sum, the Gaussian mechanism's
 noise multiplier relative to that sensitivity is σ/2. Rounds compose in dp_accounting's
 RDP accountant; ε is reported at the configured δ.
+
+With the MAE vote (eqs. 14-15, ledger/consensus.py) only the m'_t <= m_t accepted updates
+are summed; the noise std stays σS on that sum and the mean divides by m'_t, so the noise on
+the average, σS/m'_t, grows as updates are rejected. The accountant charges the m_t SAMPLED,
+never m'_t: a hospital can enter the sum only if sampled (probability m_t/H), and which
+sampled updates survive depends on the data, so it is not a uniform subsample of size m'_t
+that would justify the smaller rate m'_t/H. Replacing one hospital's data still moves the
+sum of a fixed accepted set by at most 2S. What ε does NOT cover: the vote itself. The
+accept decision, the MAEs and the eq. 15 scores are un-noised functions of the hospitals'
+updates and validation slices, published on the ledger; under median+MAD one hospital's
+update can also move the threshold and so change which OTHER updates are summed. ε bounds
+the noised aggregate given the accepted set, not what the published votes reveal.
 """
 import collections
 import math

@@ -1,0 +1,22 @@
+r"""9 hospitals, 2 of them poisoning their updates, under the ledger's MAE vote (eqs. 14-15).
+
+  python -m ccfl_jax.main --config=configs/attack9.py --config.attack.kind=scale
+  python tools/attacks.py    # no attack, sign_flip and scale x10: results/attacks.md
+
+fed9's model, optimizers and privacy at 32x32 and 25 rounds so that three runs fit in a few
+minutes on a 2-core CPU. Hospitals 0 and 1 are malicious (attacks.py).
+"""
+from ccfl_jax.configuration import default_config
+
+
+def get_config():
+  c = default_config()
+  c.run_name = "attack9"
+  c.dataset.image_size = 32
+  c.num_hospitals = 9
+  c.hospitals_per_round = 9
+  c.num_rounds = 25
+  c.attack.kind = "sign_flip"
+  c.attack.num_malicious = 2
+  c.attack.scale = 10.0
+  return c
