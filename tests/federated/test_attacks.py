@@ -52,15 +52,16 @@ def test_label_flip_trains_on_flipped_labels_and_scale_is_clipped():
   images = jax.random.uniform(jax.random.key(0), (12, 8, 8, 1))
   labels = jnp.array([0, 1] * 6, jnp.int32)
   params = model.module.init(jax.random.key(1), images[:1])
-  common = dict(model=model, optimizer=optax.sgd(0.5), local_steps=2, batch_size=4, unroll=True,
-                clip_norm=0.05)
-  key, count = jax.random.key(2), jnp.int32(12)
-  flipped = client.hospital_update(params, images, labels, count, key, jnp.bool_(True),
-                                   attack=attacks.Attack("label_flip", 1), **common)
-  honest_on_flipped = client.hospital_update(params, images, 1 - labels, count, key, **common)
+  def update(attack=attacks.Attack()):
+    return jax.jit(client.make_hospital_update(model, optax.sgd(0.5), 2, 4, True, 0.05, attack))
+
+  key, count, malicious = jax.random.key(2), jnp.int32(12), jnp.bool_(True)
+  flipped = update(attacks.Attack("label_flip", 1))(params, images, labels, count, key, malicious)
+  honest = update()
+  honest_on_flipped = honest(params, images, 1 - labels, count, key, malicious)  # no attack: flag ignored
   np.testing.assert_allclose(_flat(flipped[0]), _flat(honest_on_flipped[0]), atol=1e-6)
-  scaled, norm, _ = client.hospital_update(params, images, labels, count, key, jnp.bool_(True),
-                                           attack=attacks.Attack("scale", 1, 10.0), **common)
-  _, honest_norm, _ = client.hospital_update(params, images, labels, count, key, **common)
+  scaled, norm, _ = update(attacks.Attack("scale", 1, 10.0))(params, images, labels, count, key,
+                                                               malicious)
+  _, honest_norm, _ = honest(params, images, labels, count, key, malicious)
   np.testing.assert_allclose(float(norm), 10 * float(honest_norm), rtol=1e-4)  # submitted norm
   assert float(privacy.global_norm(scaled)) <= 0.05 * (1 + 1e-5)  # the server clipped it
