@@ -5,10 +5,10 @@ r"""9 hospitals, 2 of them poisoning their updates, under the ledger's MAE vote 
 
 fed9's model, optimizers and privacy at 32x32 and 30 rounds, so that the runs of
 tools/attacks.py fit in about 10 minutes on a 2-core CPU. Hospitals 0 and 1 are malicious
-(attacks.py). The vote ignores self-reported MAEs (gamma = 0): every local model is then
-judged on the same verifier batches, so scores differ by model quality alone, not by which
-hospital's slices a self-MAE happened to use; with gamma = 0.5 and 3 verifiers the sign flip
-was caught only 38% of the time (results/attacks.md).
+(attacks.py). The vote ignores self-reported MAEs (gamma = 0), so every local model is judged
+on the same 5 verifier batches and cannot talk its own score down. Measured: it catches few
+poisoned updates on this weakly trained model (22-28%, no better than gamma = 0.5 with 3
+verifiers at 38%); see results/attacks.md for why.
 """
 from ccfl_jax.configuration import default_config
 

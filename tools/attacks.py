@@ -18,10 +18,13 @@ import platform
 import time
 
 import jax
+import numpy as np
 
 from ccfl_jax import training
+from ccfl_jax.ledger import consensus
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MALICIOUS = 2  # configs/attack9.py: hospitals 0 and 1
 RUNS = {  # name: (attack kind, ledger on)
     "none": ("none", True),
     "sign_flip": ("sign_flip", True),
@@ -72,6 +75,33 @@ def table(results: dict) -> list[str]:
   return lines
 
 
+REVOTE_RULES = ((3.0, 1e-3), (3.0, 1e-4), (2.0, 1e-4), (1.5, 1e-5))
+
+
+def revote(run_root: pathlib.Path, names, rules) -> list[str]:
+  """The recorded eq. 15 scores of each run re-decided under other (k, mad_floor).
+
+  Counterfactual only in the decision: the trajectory (and so the scores) stays the one the
+  configured rule produced, so this ranks settings cheaply, it does not replace a rerun.
+  """
+  lines = ["| k | mad_floor | " + " | ".join(f"{n}: malicious / honest rejected" for n in names)
+           + " |", "|---|---|" + "---|" * len(names)]
+  for k, floor in rules:
+    cells = []
+    for name in names:
+      malicious, honest = [0, 0], [0, 0]
+      for line in (run_root / name / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        scores = np.asarray(r["vote_scores"], np.float32)
+        keep = np.asarray(consensus.accept_mask(scores, "median_mad", k, 0.5, floor))
+        bad = np.asarray(r["sampled"]) < (0 if name == "none" else MALICIOUS)
+        malicious = [malicious[0] + int(np.sum(bad & ~keep)), malicious[1] + int(np.sum(bad))]
+        honest = [honest[0] + int(np.sum(~bad & ~keep)), honest[1] + int(np.sum(~bad))]
+      cells.append(f"{_pct(*malicious) if name != 'none' else '-'} / {_pct(*honest)}")
+    lines.append(f"| {k:g} | {floor:g} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def markdown(results: dict, config, rounds: int, seconds: float) -> str:
   c = config
   return "\n".join([
@@ -110,6 +140,10 @@ def main(argv=None) -> int:
     print("\n".join(table(results)), flush=True)
   text = markdown(results, attack_config("sign_flip", args.rounds), args.rounds,
                   time.time() - started)
+  voted = [name for name in results if results[name]["ledger"]["enabled"]]
+  text += "\n".join(["## The recorded scores re-decided under other rules", "",
+                      " ".join(revote.__doc__.split("\n\n")[1].split()), "",
+                      *revote(pathlib.Path(args.run_root), voted, REVOTE_RULES), ""])
   pathlib.Path(args.out).write_text(text)
   print(text)
   return 0
