@@ -27,6 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.window_width = 1500.0
   c.dataset.on_bad_file = "error"  # error | skip (skipped files are counted in the summary)
   c.dataset.cache_dir = ""        # preprocessed-array cache; "" = the user's cache dir
+  c.dataset.tfds_data_dir = ""    # cc19: prepared tfds data; "" = <cache dir>/tensorflow_datasets
   c.dataset.num_patients = 180    # phantom only
   c.dataset.slices_per_patient = 8  # phantom only
   c.dataset.covid_fraction = 0.5  # phantom only

@@ -38,7 +38,7 @@ def vote_totals(records: list[dict]) -> dict:
   return totals
 
 
-def summarize(config, records: list[dict], data_counts: list[dict], seconds: float,
+def summarize(config, records: list[dict], data_counts: list[dict], skipped, seconds: float,
               devices) -> dict:
   final = records[-1] if records else {}
   return dict(
@@ -56,6 +56,7 @@ def summarize(config, records: list[dict], data_counts: list[dict], seconds: flo
                   num_verifiers=config.ledger.num_verifiers),
       attack=config.attack.to_dict(), votes=vote_totals(records),
       data=data_counts, seconds_this_process=seconds,
+      skipped_files=[dict(path=str(f.path), problem=f.problem) for f in skipped],
       mean_round_seconds=(sum(r["round_seconds"] for r in records[1:]) / (len(records) - 1)
                           if len(records) > 1 else None),
       devices=[str(d) for d in devices], config=json.loads(config.to_json()))
@@ -86,7 +87,11 @@ def summary_markdown(summary: dict) -> str:
            "| split | patients | slices | positive slices |", "|---|---|---|---|"]
   lines += [f"| {r['name']} | {r['patients']} | {r['slices']} | {r['positive_slices']} |"
             for r in summary["data"]]
-  lines += ["", "## Config", "", "```json", json.dumps(summary["config"], indent=2,
+  skipped = summary["skipped_files"]
+  lines += ["", f"Files skipped by the loader (on_bad_file='skip'): {len(skipped)}"]
+  lines += [f"- `{f['path']}`: {f['problem']}" for f in skipped]
+  lines += ["", f"Wall time of this process: {summary['seconds_this_process']:.0f} s.",
+            "", "## Config", "", "```json", json.dumps(summary["config"], indent=2,
                                                         sort_keys=True), "```", ""]
   return "\n".join(lines)
 

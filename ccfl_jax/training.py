@@ -20,13 +20,14 @@ import json
 import logging
 import pathlib
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ccfl_jax import checkpointing, configuration, metrics, reporting
-from ccfl_jax.data import datasets, hospitals, partition
+from ccfl_jax.data import datasets, hospitals, partition, real_slices
 from ccfl_jax.federated import attacks, engine, mesh as mesh_lib, privacy, sampling, server
 from ccfl_jax.ledger import run_ledger, store as ledger_store
 from ccfl_jax.ledger.consensus import ConsensusRule
@@ -137,16 +138,27 @@ def data_registrations(slices, hospital_indices) -> list[run_ledger.DataRegistra
   return registrations
 
 
-def prepare_data(config):
-  """Dataset -> patient-level partition -> (hospital arrays, test slices, per-split counts,
-  ledger registrations)."""
+class PreparedData(NamedTuple):
+  hospitals: hospitals.HospitalData
+  test: Any                      # CTSlices of the held-out patients
+  counts: list[dict]             # patients, slices, positives per hospital and test set
+  registrations: list            # ledger data registrations, one per hospital
+  skipped: tuple                 # files the loader skipped (on_bad_file='skip'), with why
+
+
+def prepare_data(config) -> PreparedData:
+  """Dataset -> patient-level partition -> hospital arrays, test slices and their counts."""
   slices = datasets.load_dataset(config.dataset, config.seed)
+  skipped = real_slices.skipped_files(slices)
+  for item in skipped:
+    LOG.warning("skipped %s: %s", item.path, item.problem)
   p = config.partition
   part = partition.partition(slices, config.num_hospitals, p.kind, config.seed,
                              test_fraction=p.test_fraction, alpha=p.alpha,
                              use_official_split=p.use_official_split)
-  return (hospitals.stack_hospitals(slices, part.hospitals), slices.take(part.test),
-          partition.describe(slices, part), data_registrations(slices, part.hospitals))
+  return PreparedData(hospitals.stack_hospitals(slices, part.hospitals), slices.take(part.test),
+                      partition.describe(slices, part),
+                      data_registrations(slices, part.hospitals), skipped)
 
 
 def _read_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
@@ -217,7 +229,7 @@ def train_and_evaluate(config, run_dir) -> dict:
   run_dir = pathlib.Path(run_dir)
   checkpointing.write_config(run_dir, config)
   started = time.time()
-  data, test, data_counts, registrations = prepare_data(config)
+  data, test, data_counts, registrations, skipped = prepare_data(config)
   LOG.info("data: %s", "; ".join(f"{r['name']}: {r['patients']} patients, {r['slices']} "
                                      f"slices, {r['positive_slices']} positive" for r in data_counts))
   model = build_model(config)
@@ -273,7 +285,7 @@ def train_and_evaluate(config, run_dir) -> dict:
     ledger = record_round(ledger, round_index, sampled, out, state, epsilon, config,
                           checkpoint_dir)
     reporting.log_round(record, config.num_rounds, round_times)
-  summary = reporting.summarize(config, records, data_counts, time.time() - started,
+  summary = reporting.summarize(config, records, data_counts, skipped, time.time() - started,
                                 jax.devices())
   reporting.write_outputs(run_dir, summary, records)
   return summary

@@ -158,3 +158,26 @@ def test_shipped_configs_validate(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   configuration.validate(module.get_config())
+
+
+def test_skipped_files_are_counted_in_the_summary(tmp_path):
+  from PIL import Image
+  folder = tmp_path / "images"
+  folder.mkdir()
+  rows = ["path,label,patient_id"]
+  for i in range(12):
+    Image.fromarray(np.full((20, 24), 40 * (i % 2) + 10, np.uint8)).save(folder / f"{i}.png")
+    rows.append(f"{i}.png,{i % 2},p{i}")
+  (folder / "broken.png").write_bytes(b"not an image")
+  rows.append("broken.png,1,p99")
+  (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+  config = tiny_config(num_rounds=1)
+  config.dataset.name = "image_folder"
+  config.dataset.path = str(folder)
+  config.dataset.on_bad_file = "skip"
+  config.dataset.cache_dir = str(tmp_path / "cache")
+  config.ledger.enabled = False
+  summary = training.train_and_evaluate(config, tmp_path / "run")
+  assert [f["path"].endswith("broken.png") for f in summary["skipped_files"]] == [True]
+  assert "Files skipped by the loader (on_bad_file='skip'): 1" in (
+      tmp_path / "run" / "summary.md").read_text()
