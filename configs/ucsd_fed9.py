@@ -5,7 +5,7 @@ dataset's official val split (train images -> hospitals, by patient; val -> held
       [--config.dataset.path=../shared/data/ucsd_covid_ct]
 
 About 4-7 minutes on a 2-core CPU (6 min 53 s measured with the CPU shared; 425 train / 118 val
-images from 289 patients, 64x64; 9 hospitals x 5 local steps per round). Decoding the 543 images
+images from 289 patients, 64x64; 9 hospitals x 10 local Adam steps per round). Decoding the 543 images
 takes ~3-4 s the first time and is cached after that. Results: results/ucsd_fed9/summary.md. Then, for per-patient metrics:
 
   python -m ccfl_jax.evaluate --run=results/ucsd_fed9 \
@@ -25,4 +25,8 @@ def get_config():
   c.num_hospitals = 9
   c.hospitals_per_round = 9
   c.num_rounds = 40
+  c.local_steps = 10
+  c.local_optimizer.name = "adam"  # as fed9: reset every round
+  c.local_optimizer.learning_rate = 0.003
+  c.privacy.clip_norm = 2.0
   return c
