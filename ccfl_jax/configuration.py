@@ -22,7 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "phantom"      # phantom | dicom | image_folder | cc19
   c.dataset.path = ""             # folder of a real dataset (not used by phantom)
-  c.dataset.image_size = 64       # slices are resized to image_size x image_size
+  c.dataset.image_size = 32       # slices are resized to image_size x image_size
   c.dataset.window_level = -600.0  # lung window, Hounsfield units
   c.dataset.window_width = 1500.0
   c.dataset.on_bad_file = "error"  # error | skip (skipped files are counted in the summary)
@@ -44,12 +44,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_hospitals = 9             # H
   c.hospitals_per_round = 9       # m_t, sampled without replacement each round
   c.num_rounds = 40
-  c.local_steps = 5               # K local optimizer steps per round
+  c.local_steps = 10              # K local optimizer steps per round
   c.batch_size = 32
 
   c.local_optimizer = ml_collections.ConfigDict()
-  c.local_optimizer.name = "sgd"  # any optax optimizer taking learning_rate
-  c.local_optimizer.learning_rate = 0.1
+  c.local_optimizer.name = "adam"  # any optax optimizer taking learning_rate; reset each round
+  c.local_optimizer.learning_rate = 0.003
   c.local_optimizer.momentum = 0.9  # sgd only
 
   c.server_optimizer = ml_collections.ConfigDict()
@@ -57,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.server_optimizer.learning_rate = 1.0
 
   c.privacy = ml_collections.ConfigDict()
-  c.privacy.clip_norm = 1.0       # S
+  c.privacy.clip_norm = 2.0       # S
   c.privacy.noise_multiplier = 0.1  # sigma: noise std on the sum is sigma * S
   c.privacy.delta = 1e-5
 
