@@ -150,7 +150,7 @@ def test_validate_names_field_and_choices(change, message):
     configuration.validate(config)
 
 
-@pytest.mark.parametrize("name", ["fed3", "fed9", "tiny", "attack9"])
+@pytest.mark.parametrize("name", ["fed3", "fed9", "tiny", "attack9", "ucsd_fed9"])
 def test_shipped_configs_validate(name):
   from ml_collections import config_flags  # noqa: F401  (configs are plain modules)
   import importlib.util
