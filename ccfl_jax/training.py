@@ -32,7 +32,7 @@ from ccfl_jax.federated import attacks, engine, mesh as mesh_lib, privacy, sampl
 from ccfl_jax.ledger import run_ledger, store as ledger_store
 from ccfl_jax.ledger.consensus import ConsensusRule
 from ccfl_jax.ledger.digests import update_digest
-from ccfl_jax.models import get_model
+from ccfl_jax.models import get_model, uses_convolutions
 
 LOG = logging.getLogger("ccfl_jax")
 
@@ -93,13 +93,17 @@ def round_settings(config, model) -> engine.RoundSettings:
       attack=attack(config), return_updates=config.ledger.enabled)
 
 
+def hospital_axis(config, model) -> str:
+  return mesh_lib.default_hospital_axis(uses_convolutions(model, config.dataset.image_size))
+
+
 def build_round(config, model, mesh):
   settings = round_settings(config, model)
   if config.engine.kind == "sequential":
     return engine.sequential_round(settings)
   axis = config.engine.hospital_axis
   return engine.compiled_round(settings, mesh,
-                               mesh_lib.default_hospital_axis() if axis == "auto" else axis)
+                               hospital_axis(config, model) if axis == "auto" else axis)
 
 
 def make_evaluator(model, images, labels, batch_size: int):

@@ -26,16 +26,17 @@ import optax  # noqa: E402
 
 from ccfl_jax.data import hospitals, partition, phantom  # noqa: E402
 from ccfl_jax.federated import engine, mesh as mesh_lib, server  # noqa: E402
-from ccfl_jax.models import get_model  # noqa: E402
+from ccfl_jax.models import get_model, uses_convolutions  # noqa: E402
 
 _HOSPITALS = flags.DEFINE_list("hospitals", ["9", "36"], "Hospital counts H.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds per case (after one warm-up).")
-_IMAGE = flags.DEFINE_integer("image_size", 32, "Slice size.")
 _LOCAL_STEPS = flags.DEFINE_integer("local_steps", 5, "K local steps.")
 _MODELS = flags.DEFINE_list("models", ["mlp", "small_cnn"], "Models to time.")
 _OUT = flags.DEFINE_string("out", "results/bench_round", "Output path without extension.")
 
-MODEL_KWARGS = {"mlp": dict(hidden=(64, 64)), "small_cnn": {}}
+# (constructor kwargs, slice size). The MLP is the dispatch-bound case: small enough that a
+# round's work is dominated by launching per-hospital computations, not by arithmetic.
+MODEL_CASES = {"mlp": (dict(hidden=(32,)), 16), "small_cnn": ({}, 32)}
 
 
 def hospital_data(num_hospitals, image_size):
@@ -60,11 +61,12 @@ def time_rounds(run_round, state, data, sampled, rounds):
 
 
 def bench_case(model_name, num_hospitals, mesh, rounds):
-  model = get_model(model_name, **MODEL_KWARGS[model_name])
+  model_kwargs, image_size = MODEL_CASES[model_name]
+  model = get_model(model_name, **model_kwargs)
   settings = engine.RoundSettings(
       model, optax.sgd(0.05, momentum=0.9), optax.sgd(1.0), _LOCAL_STEPS.value, 32, 1.0, 0.1,
       mesh_lib.default_unroll_local_steps())
-  data = hospital_data(num_hospitals, _IMAGE.value)
+  data = hospital_data(num_hospitals, image_size)
   params = model.module.init(jax.random.key(0), jnp.zeros((1,) + data.images.shape[2:]))
   state = server.init_state(params, settings.server_optimizer)
   sampled = np.arange(num_hospitals)
@@ -75,7 +77,8 @@ def bench_case(model_name, num_hospitals, mesh, rounds):
   for name, (run_round, kind) in engines.items():
     device_data = engine.put_hospital_data(data, mesh, kind)
     first, median = time_rounds(run_round, state, device_data, sampled, rounds)
-    rows.append(dict(model=model_name, hospitals=num_hospitals, engine=name,
+    rows.append(dict(model=model_name, model_kwargs=model_kwargs, image_size=image_size,
+                     hospitals=num_hospitals, engine=name,
                      first_round_s=first, round_s=median, rounds_per_s=1.0 / median))
     print(f"{model_name:10s} H={num_hospitals:3d} {name:18s} first {first:7.2f}s  "
           f"round {median:7.3f}s", flush=True)
@@ -90,9 +93,11 @@ def markdown(rows, auto_axis):
       "# Round throughput: compiled engine vs. sequential loop", "",
       f"Backend `{jax.default_backend()}`, devices: {', '.join(str(d) for d in jax.devices())}; "
       f"{platform.processor() or platform.machine()}. Every hospital sampled (m_t = H), "
-      f"K = {_LOCAL_STEPS.value} local steps, batch 32, {_IMAGE.value}x{_IMAGE.value} slices; "
+      f"K = {_LOCAL_STEPS.value} local steps, batch 32; small_cnn on 32x32 slices, mlp (one "
+      f"hidden layer of 32) on 16x16; "
       f"median of {_ROUNDS.value} rounds after a warm-up round that compiles. "
-      f"`auto` picks `{auto_axis}` on this backend.", "",
+      f"`engine.hospital_axis=auto` picks, on this backend: "
+      f"{', '.join(f'{m}: `{a}`' for m, a in auto_axis.items())}.", "",
       "Command: `python tools/bench_round.py`", "",
       "| model | H | engine | first round (s) | round (s) | rounds/s | x sequential |",
       "|---|---|---|---|---|---|---|"]
@@ -111,7 +116,9 @@ def main(argv):
       rows += bench_case(model_name, num_hospitals, mesh, _ROUNDS.value)
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
-  auto_axis = mesh_lib.default_hospital_axis()
+  auto_axis = {name: mesh_lib.default_hospital_axis(
+      uses_convolutions(get_model(name, **MODEL_CASES[name][0]), MODEL_CASES[name][1]))
+      for name in _MODELS.value}
   out.with_suffix(".json").write_text(json.dumps(
       dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
            auto_hospital_axis=auto_axis, rows=rows), indent=2))

@@ -22,6 +22,7 @@ is fold_in(round_key, 1); h's validation batch fold_in(fold_in(round_key, 2), h)
 depends on the device count or the engine.
 """
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -148,7 +149,7 @@ def _validation_batches(data, sampled, verifiers, round_key, s: RoundSettings):
 def _check_verifiers(settings: RoundSettings, verifiers):
   if settings.consensus is not None and verifiers is None:
     raise ValueError("a round with a consensus rule needs its verifiers (run_ledger.round_roles)")
-  return jnp.zeros(0, jnp.int32) if verifiers is None else jnp.asarray(verifiers, jnp.int32)
+  return np.zeros(0, np.int32) if verifiers is None else np.asarray(verifiers, np.int32)
 
 
 def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
@@ -167,8 +168,8 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
   sharded_sum = jax.shard_map(lambda deltas, weights: jax.lax.psum(_weighted_sum(deltas, weights), H),
                               mesh=mesh, in_specs=(P(H), P(H)), out_specs=P())
 
-  @jax.jit
-  def step(state, data, sampled, weights, verifiers, round_key):
+  @functools.partial(jax.jit, static_argnames="num_sampled")
+  def step(state, data, sampled, weights, verifiers, round_key, num_sampled):
     malicious = attacks.malicious_flags(settings.attack, sampled)
     own_batches, verifier_batches = _validation_batches(data, sampled, verifiers, round_key,
                                                         settings)
@@ -179,7 +180,9 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     aggregate_weights = weights * accepted
     clipped_sum = sharded_sum(deltas, aggregate_weights)
     state = _finish_round(state, clipped_sum, jnp.sum(aggregate_weights), round_key, settings)
-    return state, _round_output(deltas, stats, accepted, malicious, scores, settings)
+    out = _round_output(deltas, stats, accepted, malicious, scores, settings)
+    # Padding dropped inside the jit: slicing outside costs one dispatch per output.
+    return state, jax.tree.map(lambda a: a[:num_sampled], out)
 
   replicated = NamedSharding(mesh, P())
 
@@ -187,8 +190,8 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     ids, weights = mesh_lib.pad_sampled(np.asarray(sampled), num_devices)
     # Same sharding as the step's output, so the second round does not recompile.
     state = jax.device_put(state, replicated)
-    state, out = step(state, data, ids, weights, _check_verifiers(settings, verifiers), round_key)
-    return state, jax.tree.map(lambda a: a[:len(sampled)], out)
+    return step(state, data, ids, weights, _check_verifiers(settings, verifiers), round_key,
+                num_sampled=len(sampled))
 
   return run_round
 

@@ -35,13 +35,14 @@ def pad_sampled(sampled: np.ndarray, num_devices: int):
   return ids, weights
 
 
-def default_hospital_axis() -> str:
-  """How hospitals of one device are mapped: measured in tools/bench_round.py.
+def default_hospital_axis(uses_convolutions: bool) -> str:
+  """How hospitals of one device are mapped, as measured in results/bench_round.md.
 
   XLA:CPU runs vmapped convolutions over per-hospital weights as grouped convolutions,
-  several times slower than the same hospitals unrolled in the trace; GPUs/TPUs batch them.
+  several times slower than the same hospitals unrolled in the trace; GPUs/TPUs batch them,
+  and on CPU too `vmap` wins for models without convolutions (batched matmuls).
   """
-  return "unroll" if jax.default_backend() == "cpu" else "vmap"
+  return "unroll" if jax.default_backend() == "cpu" and uses_convolutions else "vmap"
 
 
 def default_unroll_local_steps() -> bool:

@@ -61,3 +61,10 @@ def get_model(name: str, **kwargs) -> ModelSpec:
 
 def parameter_count(params) -> int:
   return sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def uses_convolutions(model: ModelSpec, image_size: int) -> bool:
+  """Whether the model's forward pass contains a convolution (traced abstractly, no FLOPs)."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
+  params = jax.eval_shape(model.module.init, jax.random.key(0), images)
+  return "conv_general_dilated" in str(jax.make_jaxpr(model.module.apply)(params, images))

@@ -104,3 +104,11 @@ def test_local_batches_never_draw_padding():
   idx = client.local_batches(jax.random.key(0), 5, 12, num_steps=4, batch_size=3)
   assert idx.shape == (4, 3) and int(idx.max()) < 5
   assert sorted(np.asarray(idx).ravel()[:5].tolist()) == list(range(5))  # a permutation first
+
+
+def test_auto_hospital_axis_unrolls_convolutions_on_cpu():
+  from ccfl_jax.models import uses_convolutions
+  assert uses_convolutions(get_model("small_cnn", widths=(4,)), SIZE)
+  assert not uses_convolutions(get_model("mlp", hidden=(4,)), SIZE)
+  assert mesh_lib.default_hospital_axis(True) == "unroll"  # tests run on XLA:CPU
+  assert mesh_lib.default_hospital_axis(False) == "vmap"
