@@ -34,9 +34,9 @@ _LOCAL_STEPS = flags.DEFINE_integer("local_steps", 5, "K local steps.")
 _MODELS = flags.DEFINE_list("models", ["mlp", "small_cnn"], "Models to time.")
 _OUT = flags.DEFINE_string("out", "results/bench_round", "Output path without extension.")
 
-# (constructor kwargs, slice size). The MLP is the dispatch-bound case: small enough that a
-# round's work is dominated by launching per-hospital computations, not by arithmetic.
-MODEL_CASES = {"mlp": (dict(hidden=(32,)), 16), "small_cnn": ({}, 32)}
+# (constructor kwargs, slice size). The MLP is the dispatch-bound case: small enough (about
+# 0.2 MFLOP per local step) that a round's time is launching per-hospital work, not arithmetic.
+MODEL_CASES = {"mlp": (dict(hidden=(16,)), 8), "small_cnn": ({}, 32)}
 
 
 def hospital_data(num_hospitals, image_size):
@@ -73,12 +73,17 @@ def bench_case(model_name, num_hospitals, mesh, rounds):
   engines = {"sequential": (engine.sequential_round(settings), "sequential")}
   for axis in ("unroll", "vmap"):
     engines[f"compiled/{axis}"] = (engine.compiled_round(settings, mesh, axis), "compiled")
+  forward = jax.jit(model.module.apply).lower(
+      params, jnp.zeros((32,) + data.images.shape[2:])).compile().cost_analysis()
+  forward = forward[0] if isinstance(forward, list) else forward
+  # forward + backward ~ 3 forwards, per local step, per hospital
+  round_gflop = 3 * forward.get("flops", float("nan")) * _LOCAL_STEPS.value * num_hospitals / 1e9
   rows = []
   for name, (run_round, kind) in engines.items():
     device_data = engine.put_hospital_data(data, mesh, kind)
     first, median = time_rounds(run_round, state, device_data, sampled, rounds)
     rows.append(dict(model=model_name, model_kwargs=model_kwargs, image_size=image_size,
-                     hospitals=num_hospitals, engine=name,
+                     hospitals=num_hospitals, engine=name, round_gflop=round_gflop,
                      first_round_s=first, round_s=median, rounds_per_s=1.0 / median))
     print(f"{model_name:10s} H={num_hospitals:3d} {name:18s} first {first:7.2f}s  "
           f"round {median:7.3f}s", flush=True)
@@ -94,15 +99,17 @@ def markdown(rows, auto_axis):
       f"Backend `{jax.default_backend()}`, devices: {', '.join(str(d) for d in jax.devices())}; "
       f"{platform.processor() or platform.machine()}. Every hospital sampled (m_t = H), "
       f"K = {_LOCAL_STEPS.value} local steps, batch 32; small_cnn on 32x32 slices, mlp (one "
-      f"hidden layer of 32) on 16x16; "
+      f"hidden layer of 16) on 8x8, the dispatch-bound case; GFLOP/round = 3 x forward FLOPs "
+      f"(XLA cost analysis) x K x H; "
       f"median of {_ROUNDS.value} rounds after a warm-up round that compiles. "
       f"`engine.hospital_axis=auto` picks, on this backend: "
       f"{', '.join(f'{m}: `{a}`' for m, a in auto_axis.items())}.", "",
       "Command: `python tools/bench_round.py`", "",
-      "| model | H | engine | first round (s) | round (s) | rounds/s | x sequential |",
-      "|---|---|---|---|---|---|---|"]
-  lines += [f"| {r['model']} | {r['hospitals']} | {r['engine']} | {r['first_round_s']:.2f} | "
-            f"{r['round_s']:.3f} | {r['rounds_per_s']:.2f} | {r['speedup_vs_sequential']:.2f} |"
+      "| model | H | GFLOP/round | engine | first round (s) | round (ms) | rounds/s | x sequential |",
+      "|---|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['model']} | {r['hospitals']} | {r['round_gflop']:.3g} | {r['engine']} | "
+            f"{r['first_round_s']:.2f} | {1e3 * r['round_s']:.1f} | {r['rounds_per_s']:.2f} | "
+            f"{r['speedup_vs_sequential']:.2f} |"
             for r in rows]
   return "\n".join(lines) + "\n"
 
