@@ -127,3 +127,16 @@ def test_decoder_reconstructs_each_class_from_its_own_capsule_only():
   changed = decoder.apply(params, capsules.at[:, 2].set(0.0))
   np.testing.assert_array_equal(changed[:, :2], reconstructions[:, :2])
   assert not np.allclose(changed[:, 2], reconstructions[:, 2])
+
+
+def test_fan_in_over_inputs_keeps_class_capsules_out_of_the_squash_plateau():
+  # Many long, alike input capsules (as Sabour's primary capsules on IV3 features): the
+  # per-capsule Glorot scale saturates |v_j| near 1; fan-in over all inputs does not.
+  inputs = capsule.squash(jnp.ones((1, 288, 8)) + 0.1 * jax.random.normal(jax.random.key(0),
+                                                                          (1, 288, 8)))
+  def lengths(fan_in_over_inputs):
+    layer = capsule.RoutingCapsules(2, 16, fan_in_over_inputs=fan_in_over_inputs)
+    params = layer.init(jax.random.key(1), inputs)
+    return capsule.capsule_lengths(layer.apply(params, inputs))
+  assert jnp.all(lengths(False) > 0.95)
+  assert jnp.all(lengths(True) < 0.8)

@@ -136,11 +136,18 @@ class RoutingCapsules(nn.Module):
 
   (B, N_in, D_in) -> (B, num_capsules, capsule_dim). Weights are Glorot-uniform per
   input capsule (fan-in D_in, fan-out num_capsules x capsule_dim), the Keras default.
+
+  `fan_in_over_inputs` (per-pair W_ij only) counts fan-in over all inputs, N_in x D_in, as
+  for one dense map from every input capsule to s_j. Why: with independent W_ij, |s_j| grows
+  ~ sqrt(N_in) x |u_i|, and with long primary capsules it lands deep in the squash's flat
+  region (|v_j| 0.98-0.99 for every image, d|v|/d|s| ~ 2/|s|^3), where the margin loss
+  cannot move it (see `ccfl_jax.models.iv3_capsule`).
   """
   num_capsules: int
   capsule_dim: int
   routing_iterations: int = 3
   variant: str = "sabour"
+  fan_in_over_inputs: bool = False
 
   @nn.compact
   def __call__(self, capsules):
@@ -152,7 +159,10 @@ class RoutingCapsules(nn.Module):
       weights = self.param("weights", init, shape)
       predictions = jnp.einsum("bid,dje->bije", capsules, weights)           # eq. 1, W_j
     else:
-      init = nn.initializers.glorot_uniform(in_axis=1, out_axis=(2, 3), batch_axis=0)
+      if self.fan_in_over_inputs:
+        init = nn.initializers.glorot_uniform(in_axis=(0, 1), out_axis=(2, 3))
+      else:
+        init = nn.initializers.glorot_uniform(in_axis=1, out_axis=(2, 3), batch_axis=0)
       weights = self.param("weights", init, (num_inputs, *shape))
       predictions = jnp.einsum("bid,idje->bije", capsules, weights)          # eq. 1, W_ij
     outputs, _ = route(predictions, self.routing_iterations, rules)
