@@ -5,12 +5,23 @@ a misspelt field fails where it is written. `validate` checks values before anyt
 built and raises `ConfigError` naming the field and what was expected.
 """
 import difflib
+import importlib.util
+import pathlib
 
 import ml_collections
 
 
 class ConfigError(ValueError):
   """A config field holds something a run cannot use."""
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, e.g. one config built on another (configs/fed3.py)."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -8,20 +8,13 @@ run on a 2-core CPU. Hospitals 0 and 1 are malicious (federated/attacks.py). The
 self-reported MAEs (gamma = 0), so every local model is judged on the same 5 verifiers'
 validation batches and cannot talk its own score down. Results: results/attacks.md.
 """
-import importlib.util
 import pathlib
 
-
-def _fed9_config():
-  path = pathlib.Path(__file__).with_name("fed9.py")
-  spec = importlib.util.spec_from_file_location("fed9", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from ccfl_jax.configuration import load_config_file
 
 
 def get_config():
-  c = _fed9_config()
+  c = load_config_file(pathlib.Path(__file__).with_name("fed9.py"))
   c.run_name = "attack9"
   c.num_rounds = 30
   c.ledger.num_verifiers = 5

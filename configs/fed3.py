@@ -5,19 +5,13 @@ r"""fed9's recipe (configs/fed9.py) with 3 hospitals and 60 synthetic patients.
 About 1-2 minutes on a 2-core CPU: 40 rounds of 3 hospitals x 10 local Adam steps at 32x32,
 S = 2, sigma = 0.1. With 3 hospitals each round's noise on the average is 3x fed9's.
 """
-import importlib.util
 import pathlib
 
-
-def _fed9_config():
-  spec = importlib.util.spec_from_file_location("fed9", pathlib.Path(__file__).with_name("fed9.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from ccfl_jax.configuration import load_config_file
 
 
 def get_config():
-  c = _fed9_config()
+  c = load_config_file(pathlib.Path(__file__).with_name("fed9.py"))
   c.run_name = "fed3"
   c.dataset.num_patients = 60
   c.num_hospitals = 3

@@ -152,12 +152,7 @@ def test_validate_names_field_and_choices(change, message):
 
 @pytest.mark.parametrize("name", ["fed3", "fed9", "tiny", "attack9", "ucsd_fed9"])
 def test_shipped_configs_validate(name):
-  from ml_collections import config_flags  # noqa: F401  (configs are plain modules)
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  configuration.validate(module.get_config())
+  configuration.validate(configuration.load_config_file(REPO_ROOT / "configs" / f"{name}.py"))
 
 
 def test_skipped_files_are_counted_in_the_summary(tmp_path):

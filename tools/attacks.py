@@ -10,7 +10,6 @@ off, to show what the vote prevents. Writes one table: malicious and honest upda
 final test accuracy against the no-attack baseline. Run folders: results/attacks/<run>/.
 """
 import argparse
-import importlib.util
 import json
 import logging
 import pathlib
@@ -20,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from ccfl_jax import training
+from ccfl_jax import configuration, training
 from ccfl_jax.ledger import consensus
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,10 +33,7 @@ RUNS = {  # name: (attack kind, ledger on)
 
 
 def attack_config(name: str, rounds: int):
-  spec = importlib.util.spec_from_file_location("attack9", REPO_ROOT / "configs" / "attack9.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = configuration.load_config_file(REPO_ROOT / "configs" / "attack9.py")
   config.attack.kind, config.ledger.enabled = RUNS[name]
   config.num_rounds = rounds
   config.run_name = name

@@ -21,6 +21,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ccfl_jax.models import get_model, parameter_count
+from train_centralized import make_train_step  # tools/ is on sys.path when run as a script
 
 IMAGE_SIZE = 20
 SMALL_CAPSNET = dict(num_classes=10, conv_features=64, conv_kernel=5, primary_capsules=8,
@@ -41,17 +42,6 @@ def random_shifts(rng: np.random.Generator, images: np.ndarray, max_shift: int =
   padded = np.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)))
   offsets = rng.integers(0, 2 * max_shift + 1, size=(len(images), 2))
   return np.stack([p[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE] for p, (y, x) in zip(padded, offsets)])
-
-
-def make_train_step(spec, optimizer):
-  @jax.jit
-  def train_step(params, opt_state, images, labels):
-    def mean_loss(p):
-      return jnp.mean(spec.loss(spec.module.apply(p, images, train=True), images, labels))
-    loss, grads = jax.value_and_grad(mean_loss)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-  return train_step
 
 
 def train_and_test(kwargs, data, epochs, batch_size, seed, learning_rate=3e-3):
