@@ -11,13 +11,12 @@ specificity, accuracy, F1, AUC and the confusion matrix, per slice and per patie
 score is `predict.patient_score`; a patient is positive when any of its slices is).
 """
 import dataclasses
-import json
 import pathlib
 import sys
 
 import numpy as np
 
-from ccfl_jax import metrics
+from ccfl_jax import metrics, reporting
 from ccfl_jax.data.errors import DataError
 from ccfl_jax.data.real_slices import skipped_files
 from ccfl_jax.predict import DEFAULT_TOP_FRACTION, covid_probabilities, patient_score
@@ -121,7 +120,7 @@ def main(argv):
   print(format_report(report))
   out = pathlib.Path(f.out) if f.out else default_output_path(f.run, report)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=2))
+  out.write_text(reporting.json_text(report, indent=2))
   print(f"wrote {out}")
 
 

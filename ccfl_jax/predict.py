@@ -17,13 +17,13 @@ slices as CSV there and the patients as CSV beside it (`<name>.patients.csv`).
 """
 import csv
 import dataclasses
-import json
 import math
 import pathlib
 import sys
 
 import numpy as np
 
+from ccfl_jax import reporting
 from ccfl_jax.data import dicom, image_folder
 from ccfl_jax.data.errors import BadFilePolicy, DataError
 
@@ -109,7 +109,7 @@ def write_outputs(out, slice_rows: list[dict], patient_rows: list[dict], about: 
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   if out.suffix.lower() == ".json":
-    out.write_text(json.dumps(dict(about, slices=slice_rows, patients=patient_rows), indent=2))
+    out.write_text(reporting.json_text(dict(about, slices=slice_rows, patients=patient_rows), indent=2))
     return [out]
   patients_path = out.with_name(out.stem + ".patients.csv")
   for path, rows in ((out, slice_rows), (patients_path, patient_rows)):

@@ -9,6 +9,27 @@ METRIC_NAMES = ("accuracy", "precision", "sensitivity", "specificity", "auc")
 LOG = logging.getLogger("ccfl_jax")
 
 
+def strict_json(value):
+  """`value` with every NaN or infinite float replaced by None, so json.dumps writes strict JSON.
+
+  Python's json writes NaN and Infinity, which jq, JavaScript and most JSON readers refuse.
+  A null metric is one that is undefined (precision with no positive prediction, AUC of a
+  one-class test set) or unbounded (epsilon without noise).
+  """
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: strict_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [strict_json(v) for v in value]
+  return value
+
+
+def json_text(value, **kwargs) -> str:
+  """json.dumps of strict_json(value); raises rather than write a non-standard token."""
+  return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
 def log_round(record: dict, num_rounds: int, round_times: list[float]) -> None:
   """round, loss, test accuracy, ε, seconds per round, ETA."""
   recent = round_times[1:] or round_times  # the first round includes compilation
@@ -63,6 +84,8 @@ def summarize(config, records: list[dict], data_counts: list[dict], skipped, sec
 
 
 def _fmt(value) -> str:
+  if value is None:
+    return "-"
   if isinstance(value, float):
     return "inf" if math.isinf(value) else f"{value:.4g}"
   return str(value)
@@ -113,6 +136,10 @@ def _votes_markdown(summary: dict) -> str:
   return "\n".join(lines)
 
 
+def _plottable(value) -> float:
+  return math.nan if value is None else value
+
+
 def plot_curves(path: pathlib.Path, records: list[dict]) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -120,10 +147,10 @@ def plot_curves(path: pathlib.Path, records: list[dict]) -> None:
   rounds = [r["round"] for r in records]
   fig, (ax_metrics, ax_eps) = plt.subplots(1, 2, figsize=(10, 3.5))
   for name in METRIC_NAMES:
-    ax_metrics.plot(rounds, [r[name] for r in records], label=name)
+    ax_metrics.plot(rounds, [_plottable(r[name]) for r in records], label=name)
   ax_metrics.set(xlabel="round", title="test metrics", ylim=(0, 1.02))
   ax_metrics.legend(fontsize=8)
-  ax_eps.plot(rounds, [r["epsilon"] for r in records])
+  ax_eps.plot(rounds, [_plottable(r["epsilon"]) for r in records])
   ax_eps.set(xlabel="round", title=f"ε at δ = {records[-1]['delta']:g}")
   fig.tight_layout()
   fig.savefig(path, dpi=80)
@@ -131,7 +158,7 @@ def plot_curves(path: pathlib.Path, records: list[dict]) -> None:
 
 
 def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict]) -> None:
-  (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+  (run_dir / "summary.json").write_text(json_text(summary, indent=2))
   (run_dir / "summary.md").write_text(summary_markdown(summary))
   if records:
     plot_curves(run_dir / "curves.png", records)

@@ -32,9 +32,14 @@ def tiny_config(run_dir_name="run", **overrides):
   return c
 
 
+def _refuse_non_standard(token):
+  raise ValueError(f"metrics.jsonl holds {token}, which strict JSON readers refuse")
+
+
 def _metrics(run_dir):
   lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-  return [{k: v for k, v in json.loads(line).items() if k != "round_seconds"} for line in lines]
+  return [{k: v for k, v in json.loads(line, parse_constant=_refuse_non_standard).items()
+           if k != "round_seconds"} for line in lines]
 
 
 def test_resume_after_stop_and_crash_matches_uninterrupted(tmp_path):
