@@ -90,6 +90,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.ledger.consensus.k = 3.0      # median_mad: reject score > median + k * MAD
   c.ledger.consensus.absolute_threshold = 0.5  # absolute: reject score > threshold
   c.ledger.consensus.mad_floor = 1e-3
+  # Update checks beyond eqs. 14-15 (ledger/consensus.py), 0 = off: reject an update whose
+  # cosine with the coordinate-wise median update is below both median - direction_k * MAD
+  # and direction_cosine, or whose submitted norm exceeds max_norm_ratio * the round's median.
+  c.ledger.consensus.direction_k = 0.0
+  c.ledger.consensus.direction_cosine = 0.2
+  c.ledger.consensus.max_norm_ratio = 0.0
 
   # Simulated poisoning (federated/attacks.py): hospitals 0 .. num_malicious - 1 attack.
   c.attack = ml_collections.ConfigDict()
@@ -187,6 +193,12 @@ def validate(config) -> None:
     _check(_get(config, field) >= 1, field, "an integer >= 1", config)
   _check(config.ledger.consensus.k > 0, "ledger.consensus.k", "> 0", config)
   _check(config.ledger.consensus.gamma >= 0, "ledger.consensus.gamma", ">= 0", config)
+  _check(config.ledger.consensus.direction_k >= 0, "ledger.consensus.direction_k",
+         ">= 0 (0 = no direction check)", config)
+  _check(-1 <= config.ledger.consensus.direction_cosine <= 1,
+         "ledger.consensus.direction_cosine", "a cosine in [-1, 1]", config)
+  _check(config.ledger.consensus.max_norm_ratio == 0 or config.ledger.consensus.max_norm_ratio > 1,
+         "ledger.consensus.max_norm_ratio", "0 (no magnitude check) or > 1", config)
   _check(config.ledger.consensus.mad_floor >= 0, "ledger.consensus.mad_floor", ">= 0", config)
   _check(0 <= config.attack.num_malicious <= config.num_hospitals, "attack.num_malicious",
          f"0 <= count <= num_hospitals ({config.num_hospitals})", config)

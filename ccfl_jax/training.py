@@ -210,6 +210,8 @@ def record_round(run, round_index: int, sampled, out, state, epsilon: float, con
       run, round_index, sampled=sampled.tolist(), update_digests=digests,
       local_maes=np.asarray(out.self_mae), mae_matrix=np.asarray(out.mae),
       vote_scores=np.asarray(out.vote_scores), accepted=np.asarray(out.accepted),
+      update_norms=np.asarray(out.update_norm),
+      cosines=None if out.cosines is None else np.asarray(out.cosines),
       epsilon=epsilon, delta=p.delta, sigma=p.noise_multiplier, clip_norm=p.clip_norm,
       checkpoint_dir=checkpoint_dir,
       params_digest=None if checkpoint_dir is not None else update_digest(state.params))
@@ -224,7 +226,9 @@ def vote_record(sampled, out) -> dict:
       malicious_accepted=int(np.sum(malicious & accepted)),
       malicious_rejected=int(np.sum(malicious & ~accepted)),
       honest_rejected=int(np.sum(~malicious & ~accepted)),
-      vote_scores=None if out.vote_scores is None else np.asarray(out.vote_scores).tolist())
+      vote_scores=None if out.vote_scores is None else np.asarray(out.vote_scores).tolist(),
+      update_norms=np.asarray(out.update_norm).tolist(),
+      cosines=None if out.cosines is None else np.asarray(out.cosines).tolist())
 
 
 def train_and_evaluate(config, run_dir) -> dict:
@@ -253,7 +257,7 @@ def train_and_evaluate(config, run_dir) -> dict:
     LOG.info("resuming %s after round %d", run_dir, rounds_done)
   metrics_path = run_dir / "metrics.jsonl"
   records = _read_metrics(metrics_path, rounds_done)
-  metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  metrics_path.write_text("".join(reporting.json_text(r) + "\n" for r in records))
 
   base_key = jax.random.key(config.seed)
   p = config.privacy
@@ -280,7 +284,7 @@ def train_and_evaluate(config, run_dir) -> dict:
         epsilon=epsilon, delta=p.delta, round_seconds=round_times[-1])
     records.append(record)
     with metrics_path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(reporting.json_text(record) + "\n")
     checkpoint_dir = None
     if (round_index + 1) % config.checkpoint_every == 0 or round_index + 1 == config.num_rounds:
       # Before the block: the block carries the checkpoint's sha256.

@@ -6,7 +6,9 @@ with the same numbers (same per-hospital keys). A round is
   1. every sampled hospital trains and submits its clipped update (client.py, attacks.py);
   2. with a consensus rule: its local model, global params + clipped Δw, is evaluated on the
      validation batch of each of the round's verifiers and on its own (eq. 14,
-     cross_evaluation.py), scored by eq. 15 and accepted or rejected (ledger/consensus.py);
+     cross_evaluation.py), scored by eq. 15 and, with the rule's update checks, its submitted
+     norm and its cosine with the coordinate-wise median update are measured; the update is
+     accepted or rejected (ledger/consensus.py);
   3. the accepted clipped updates are summed, noised and averaged over the number accepted
      (privacy.noisy_mean, eq. 5) and the server steps.
 
@@ -39,8 +41,9 @@ H = mesh_lib.HOSPITAL_AXIS
 class RoundOutput(NamedTuple):
   """Per sampled hospital, in `sampled` order (padded entries dropped).
 
-  mae [m, v], self_mae, vote_scores are None without a consensus rule; updates (the clipped
-  submitted updates, leading axis m) are None unless settings.return_updates.
+  mae [m, v], self_mae, vote_scores are None without a consensus rule; cosines (with the
+  coordinate-wise median update) None unless the rule's direction check is on; updates (the
+  clipped submitted updates, leading axis m) are None unless settings.return_updates.
   """
   local_loss: Any
   update_norm: Any  # of the submitted update, before clipping
@@ -50,6 +53,7 @@ class RoundOutput(NamedTuple):
   self_mae: Any = None
   vote_scores: Any = None
   updates: Any = None
+  cosines: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,21 +113,21 @@ def _weighted_sum(deltas, weights):
   return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
 
 
-def _vote(stats, weights, rule: consensus_lib.ConsensusRule | None):
-  """(accepted [n], eq. 15 scores [n] or None); padding (weight 0) is never accepted.
+def _vote(deltas, stats, weights, rule: consensus_lib.ConsensusRule | None):
+  """(accepted [n], eq. 15 scores [n] or None, cosines [n] or None); padding never accepted.
 
-  Padding scores are NaN, which the rule ignores when it takes the median and MAD, so the
-  decision on the real hospitals is the one the ledger recomputes from them alone.
+  Padding scores, norms and cosines are NaN, which the rule ignores when it takes medians
+  and MADs, so the decision on the real hospitals is the one the ledger recomputes from them
+  alone.
   """
   real = weights > 0
   if rule is None:
-    return real, None
-  _, _, mae, self_mae = stats
-  scores = consensus_lib.vote_scores(mae, self_mae, rule.gamma)
-  scores = jnp.where(real, scores, jnp.nan)
-  accepted = consensus_lib.accept_mask(scores, rule.rule, rule.k, rule.absolute_threshold,
-                                       rule.mad_floor)
-  return accepted & real, scores
+    return real, None, None
+  norms, _, mae, self_mae = stats
+  scores = jnp.where(real, consensus_lib.vote_scores(mae, self_mae, rule.gamma), jnp.nan)
+  cosines = (consensus_lib.median_cosines(deltas, real) if rule.direction_k > 0 else None)
+  accepted = consensus_lib.decide(scores, jnp.where(real, norms, jnp.nan), cosines, rule)
+  return accepted & real, scores, cosines
 
 
 def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings):
@@ -132,11 +136,12 @@ def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings)
   return server.apply_update(state, mean_update, s.server_optimizer)
 
 
-def _round_output(deltas, stats, accepted, malicious, scores, s: RoundSettings) -> RoundOutput:
+def _round_output(deltas, stats, accepted, malicious, scores, cosines,
+                  s: RoundSettings) -> RoundOutput:
   norms, losses = stats[:2]
   mae, self_mae = stats[2:] if s.consensus is not None else (None, None)
   return RoundOutput(losses, norms, accepted, malicious, mae, self_mae, scores,
-                     deltas if s.return_updates else None)
+                     deltas if s.return_updates else None, cosines)
 
 
 def _validation_batches(data, sampled, verifiers, round_key, s: RoundSettings):
@@ -176,11 +181,11 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     per_hospital = (data.images[sampled], data.labels[sampled], data.counts[sampled],
                     hospital_keys(round_key, sampled), malicious, own_batches)
     deltas, stats = sharded_hospitals(state.params, per_hospital, verifier_batches)
-    accepted, scores = _vote(stats, weights, settings.consensus)
+    accepted, scores, cosines = _vote(deltas, stats, weights, settings.consensus)
     aggregate_weights = weights * accepted
     clipped_sum = sharded_sum(deltas, aggregate_weights)
     state = _finish_round(state, clipped_sum, jnp.sum(aggregate_weights), round_key, settings)
-    out = _round_output(deltas, stats, accepted, malicious, scores, settings)
+    out = _round_output(deltas, stats, accepted, malicious, scores, cosines, settings)
     # Padding dropped inside the jit: slicing outside costs one dispatch per output.
     return state, jax.tree.map(lambda a: a[:num_sampled], out)
 
@@ -205,11 +210,12 @@ def sequential_round(settings: RoundSettings):
   def finish(state, deltas, stats, malicious, round_key):
     deltas = jax.tree.map(lambda *leaves: jnp.stack(leaves), *deltas)
     stats = jax.tree.map(lambda *leaves: jnp.stack(leaves), *stats)
-    accepted, scores = _vote(stats, jnp.ones(len(malicious), jnp.float32), settings.consensus)
+    accepted, scores, cosines = _vote(deltas, stats, jnp.ones(len(malicious), jnp.float32),
+                                      settings.consensus)
     aggregate_weights = accepted.astype(jnp.float32)
     clipped_sum = _weighted_sum(deltas, aggregate_weights)
     state = _finish_round(state, clipped_sum, jnp.sum(aggregate_weights), round_key, settings)
-    return state, _round_output(deltas, stats, accepted, malicious, scores, settings)
+    return state, _round_output(deltas, stats, accepted, malicious, scores, cosines, settings)
 
   def batches_of(data, hospitals, round_key):
     keys = cross_evaluation.validation_keys(round_key, jnp.asarray(hospitals, jnp.int32))

@@ -14,12 +14,14 @@ loop's orbax step after round r is r + 1):
     ... compiled round: mae[i, j] = eq. 14 of sampled hospital i's local model on the batch of
         hospital roles.verifiers[j] (any registered hospital, sampled or not); self_mae[i] on
         its own batch; scores = consensus.vote_scores(mae, self_mae, run.consensus.gamma);
-        keep = consensus.accept_mask(scores, rule.rule, rule.k, rule.absolute_threshold,
-        rule.mad_floor) with rule = run.consensus
+        keep = consensus.decide(scores, norms, cosines, run.consensus) with norms the
+        submitted updates' norms and cosines = consensus.median_cosines(updates) (None
+        unless the rule's direction check is on)
     ... if this round checkpoints: checkpointing.save(..., r + 1, ...) and wait for it
     run = record_round(run, r, sampled=sampled, update_digests=[update_digest(d) for d in
                        the clipped per-hospital deltas], local_maes=self_mae, mae_matrix=mae,
-                       vote_scores=scores, accepted=keep, epsilon=eps, delta=delta,
+                       vote_scores=scores, update_norms=norms, cosines=cosines,
+                       accepted=keep, epsilon=eps, delta=delta,
                        sigma=sigma, clip_norm=S,
                        checkpoint_dir=run_dir / "checkpoints" / str(r + 1) or None,
                        params_digest=update_digest(global_params))
@@ -177,17 +179,20 @@ def last_recorded_round(run: RunLedger) -> int:
 def record_round(run: RunLedger, round_index: int, *, sampled: Sequence[int],
                  update_digests: Sequence[str], local_maes, mae_matrix, vote_scores, accepted,
                  epsilon: float, delta: float, sigma: float, clip_norm: float,
-                 checkpoint_dir=None, params_digest: str | None = None) -> RunLedger:
+                 checkpoint_dir=None, params_digest: str | None = None, update_norms=None,
+                 cosines=None) -> RunLedger:
   """Append and persist round `round_index`'s block (see module docstring).
 
   sampled: hospital indices, in the row order of the other arguments; mae_matrix:
   [len(sampled), num_verifiers], columns in round_roles(run, round).verifiers order;
-  accepted: boolean [len(sampled)] (consensus.accept_mask); checkpoint_dir: the orbax step
+  accepted: boolean [len(sampled)] (consensus.decide); update_norms, cosines: [len(sampled)]
+  or None, what the rule's update checks read (recorded in every vote); checkpoint_dir: the orbax step
   folder holding this round's global model, or None in a round without a checkpoint.
   """
   transactions = round_transactions(
       run, round_index, sampled=sampled, update_digests=update_digests, local_maes=local_maes,
-      mae_matrix=mae_matrix, vote_scores=vote_scores, accepted=accepted, epsilon=epsilon,
+      mae_matrix=mae_matrix, vote_scores=vote_scores, update_norms=update_norms,
+      cosines=cosines, accepted=accepted, epsilon=epsilon,
       delta=delta, sigma=sigma, clip_norm=clip_norm, checkpoint_dir=checkpoint_dir,
       params_digest=params_digest)
   return _commit(run, round_index, transactions[0].author, transactions)
@@ -195,7 +200,8 @@ def record_round(run: RunLedger, round_index: int, *, sampled: Sequence[int],
 
 def round_transactions(run: RunLedger, round_index: int, *, sampled, update_digests, local_maes,
                        mae_matrix, vote_scores, accepted, epsilon, delta, sigma, clip_norm,
-                       checkpoint_dir=None, params_digest=None) -> list[tx_lib.Transaction]:
+                       checkpoint_dir=None, params_digest=None, update_norms=None,
+                       cosines=None) -> list[tx_lib.Transaction]:
   """The signed transactions of a round block, in block order (pure but for hashing files)."""
   roles = round_roles(run, round_index)
   hospitals = run.hospitals
@@ -203,6 +209,9 @@ def round_transactions(run: RunLedger, round_index: int, *, sampled, update_dige
   sampled_ids = [hospitals[h].node_id for h in sampled]
   mae_matrix, vote_scores = np.asarray(mae_matrix), np.asarray(vote_scores)
   accepted = np.asarray(accepted, bool)
+  missing = np.full(len(sampled), np.nan)
+  update_norms = missing if update_norms is None else np.asarray(update_norms)
+  cosines = missing if cosines is None else np.asarray(cosines)
   if mae_matrix.shape != (len(sampled), len(roles.verifiers)):
     raise ValueError(f"mae_matrix {mae_matrix.shape}, expected "
                      f"({len(sampled)}, {len(roles.verifiers)}) = (sampled, verifiers)")
@@ -213,7 +222,8 @@ def round_transactions(run: RunLedger, round_index: int, *, sampled, update_dige
   transactions += [tx_lib.local_update(hospitals[h], round_index, digest, mae)
                    for h, digest, mae in zip(sampled, update_digests, np.asarray(local_maes))]
   transactions += [tx_lib.vote(hospitals[v], round_index,
-                               zip(sampled_ids, mae_matrix[:, column], vote_scores, accepted))
+                               zip(sampled_ids, mae_matrix[:, column], vote_scores,
+                                   update_norms, cosines, accepted))
                    for column, v in enumerate(roles.verifiers)]
   transactions.append(tx_lib.global_model(
       leader, round_index, _checkpoint_entry(run.run_dir, checkpoint_dir), params_digest,

@@ -2,11 +2,12 @@
 
 `synthetic_round` produces what the compiled round would hand to record_round: a random
 sample of hospitals, per-hospital update pytrees of the small CNN's size, a cross-evaluation
-MAE matrix in which hospitals listed in `poisoned` score badly, the eq. 15 scores and the
-consensus decision. Everything is drawn from numpy Generators seeded by (seed, round).
+MAE matrix in which hospitals listed in `poisoned` score badly, the eq. 15 scores, the
+updates' norms and cosines with their coordinate-wise median, and the consensus decision. Everything is drawn from numpy Generators seeded by (seed, round).
 """
 import dataclasses
 
+import jax
 import numpy as np
 
 from ccfl_jax.ledger import consensus
@@ -24,6 +25,8 @@ class SyntheticRound:
   local_maes: np.ndarray
   mae_matrix: np.ndarray
   vote_scores: np.ndarray
+  update_norms: np.ndarray
+  cosines: np.ndarray
   accepted: np.ndarray
 
 
@@ -45,16 +48,21 @@ def synthetic_round(run: run_lib.RunLedger, round_index: int, hospitals_per_roun
   local_maes = rng.uniform(0.1, 0.2, len(sampled)).astype(np.float32)
   rule = run.consensus
   scores = np.asarray(consensus.vote_scores(mae_matrix, local_maes, rule.gamma))
-  accepted = np.asarray(consensus.accept_mask(scores, rule.rule, rule.k, rule.absolute_threshold,
-                                              rule.mad_floor))
   updates = tuple(small_cnn_tree(rng) for _ in sampled)
-  return SyntheticRound(sampled, updates, local_maes, mae_matrix, scores, accepted)
+  stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *updates)
+  norms = np.array([np.sqrt(sum(np.sum(leaf ** 2) for leaf in jax.tree.leaves(u)))
+                    for u in updates], np.float32)
+  cosines = np.asarray(consensus.median_cosines(stacked, np.ones(len(sampled), bool)))
+  accepted = np.asarray(consensus.decide(scores, norms, cosines, rule))
+  return SyntheticRound(sampled, updates, local_maes, mae_matrix, scores, norms, cosines,
+                        accepted)
 
 
 def round_arguments(r: SyntheticRound, epsilon: float, checkpoint_dir=None) -> dict:
   """record_round's keyword arguments for a synthetic round."""
   return dict(sampled=r.sampled, update_digests=[update_digest(u) for u in r.updates],
               local_maes=r.local_maes, mae_matrix=r.mae_matrix, vote_scores=r.vote_scores,
+              update_norms=r.update_norms, cosines=r.cosines,
               accepted=r.accepted, epsilon=epsilon, delta=1e-5, sigma=1.0, clip_norm=1.0,
               checkpoint_dir=checkpoint_dir, params_digest=update_digest(r.updates[0]))
 

@@ -109,11 +109,13 @@ def local_update(hospital: identity_lib.Identity, round_index: int, update_sha25
 
 
 def vote(verifier: identity_lib.Identity, round_index: int, votes) -> Transaction:
-  """votes: iterable of (hospital id, measured MAE, eq. 15 score, accept)."""
+  """votes: iterable of (hospital id, measured MAE, eq. 15 score, submitted update norm,
+  cosine with the median update, accept); norm and cosine may be NaN (not measured)."""
   return signed(verifier, "vote", {
       "round": int(round_index), "verifier": verifier.node_id,
       "votes": [{"hospital": h, "mae": finite_or_none(mae), "score": finite_or_none(score),
-                 "accept": bool(accept)} for h, mae, score, accept in votes]})
+                 "norm": finite_or_none(norm), "cosine": finite_or_none(cosine),
+                 "accept": bool(accept)} for h, mae, score, norm, cosine, accept in votes]})
 
 
 def global_model(leader: identity_lib.Identity, round_index: int, checkpoint: dict | None,

@@ -275,18 +275,25 @@ def _check_global_model(current: _Round, epsilon: float, body, t, b, refuse):
   return dataclasses.replace(current, closed=True), spent
 
 
+def _recorded(entries, field: str) -> np.ndarray:
+  """One recorded field of a vote's entries as float64, None (or absent) as NaN."""
+  return np.array([np.nan if e.get(field) is None else e[field] for e in entries], np.float64)
+
+
 def _check_consensus(current: _Round, accepted: set, refuse) -> None:
-  """Recompute eq. 15 from the recorded MAEs and the rule from the scores."""
+  """Recompute eq. 15 from the recorded MAEs, and the rule from the scores, norms, cosines."""
   rule = current.rule
   hospitals = [h for h, _ in current.updates]
   self_mae = np.array([np.nan if m is None else m for _, m in current.updates], np.float64)
   measured = np.array([[np.nan if e["mae"] is None else e["mae"] for e in entries]
                        for _, entries in current.votes], np.float64).T  # [update, verifier]
-  scores = np.array([np.nan if e["score"] is None else e["score"]
-                     for e in current.votes[0][1]], np.float64)
+  first = current.votes[0][1]
+  scores, norms, cosines = (_recorded(first, f) for f in ("score", "norm", "cosine"))
   for _, entries in current.votes[1:]:
-    if not np.array_equal([e["score"] for e in entries], [e["score"] for e in current.votes[0][1]]):
-      refuse("verifiers disagree on the eq. 15 scores")
+    for field, what in (("score", "eq. 15 scores"), ("norm", "update norms"),
+                        ("cosine", "update cosines")):
+      if [e.get(field) for e in entries] != [e.get(field) for e in first]:
+        refuse(f"verifiers disagree on the {what}")
   expected = rule["gamma"] * self_mae + measured.mean(axis=1)
   finite = np.isfinite(expected)
   if (not np.array_equal(finite, np.isfinite(scores))
@@ -294,10 +301,17 @@ def _check_consensus(current: _Round, accepted: set, refuse) -> None:
     refuse("eq. 15 scores do not follow from the recorded MAEs and gamma")
   threshold = float(consensus.rejection_threshold(scores, rule["rule"], rule["k"],
                                                   rule["absolute_threshold"], rule["mad_floor"]))
-  decided = np.asarray(consensus.accept_mask(scores, rule["rule"], rule["k"],
-                                             rule["absolute_threshold"], rule["mad_floor"]))
-  for h, score, keep in zip(hospitals, scores, decided):
-    borderline = abs(score - threshold) <= SCORE_TOLERANCE * (1 + abs(threshold))
+  parsed = consensus.ConsensusRule(**rule)
+  decided = np.asarray(consensus.decide(scores, norms, cosines, parsed))
+  max_norm, min_cosine = (float(t) for t in consensus.check_thresholds(
+      norms, cosines, parsed.direction_k, parsed.max_norm_ratio, parsed.mad_floor,
+      parsed.direction_cosine))
+  for h, score, norm, cosine, keep in zip(hospitals, scores, norms, cosines, decided):
+    borderline = any(abs(value - limit) <= SCORE_TOLERANCE * (1 + abs(limit))
+                     for value, limit in ((score, threshold), (norm, max_norm),
+                                          (cosine, min_cosine)) if math.isfinite(limit))
     if bool(keep) != (h in accepted) and not borderline:
       refuse(f"consensus rule {rule['rule']} {'accepts' if keep else 'rejects'} "
-             f"{h[:12]}... (score {score:.6g}, threshold {threshold:.6g})")
+             f"{h[:12]}... (score {score:.6g}, threshold {threshold:.6g}; update norm "
+             f"{norm:.6g}, at most {max_norm:.6g}; cosine {cosine:.6g}, at least "
+             f"{min_cosine:.6g})")

@@ -95,3 +95,23 @@ def test_engines_and_device_counts_agree_with_consensus(rounds, other):
   for a, b in zip(jax.tree.leaves(results["one_device"]), jax.tree.leaves(results[other])):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=1e-5,
                                rtol=1e-5)
+
+
+def test_update_checks_inside_the_compiled_round(hospital_data):
+  """With eq. 15 told to accept everything (huge k), the direction check alone rejects the
+  flipped update; the cosines come out of the jit and the ledger's recomputation agrees."""
+  rule = consensus.ConsensusRule(k=1e6, direction_k=3.0, max_norm_ratio=3.0)
+  settings = _settings(rule)
+  params = settings.model.module.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)))
+  state = server.init_state(params, settings.server_optimizer)
+  mesh = mesh_lib.hospital_mesh(8)  # 4 sampled on 8 devices: padding rows must be ignored
+  _, out = engine.compiled_round(settings, mesh, "vmap")(
+      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, ROUND_KEY,
+      VERIFIERS)
+  cosines = np.asarray(out.cosines)
+  assert cosines.shape == (4,) and cosines[0] < 0 < cosines[1:].min()
+  np.testing.assert_array_equal(out.accepted, [False, True, True, True])
+  np.testing.assert_allclose(
+      cosines, consensus.median_cosines(out.updates, np.ones(4, bool)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(
+      consensus.decide(out.vote_scores, out.update_norm, out.cosines, rule), out.accepted)

@@ -55,3 +55,75 @@ def test_identical_scores_are_all_kept():
 def test_unknown_rule_is_an_error():
   with pytest.raises(ValueError, match="rule"):
     consensus.accept_mask(np.zeros(3), "mean")
+
+
+def honest_and_flipped_updates(num_honest=7, num_flipped=2, seed=0):
+  """Honest updates share a direction plus their own noise; the first num_flipped are negated."""
+  rng = np.random.default_rng(seed)
+  common = rng.normal(size=(1, 50))
+  honest = common + rng.normal(size=(num_honest + num_flipped, 50))
+  updates = honest.copy()
+  updates[:num_flipped] *= -1
+  return {"w": updates.astype(np.float32)[:, :40].reshape(-1, 4, 10),
+          "b": updates.astype(np.float32)[:, 40:]}
+
+
+def test_median_cosine_points_at_the_honest_majority():
+  updates = honest_and_flipped_updates()
+  cosines = np.asarray(consensus.median_cosines(updates, np.ones(9, bool)))
+  assert cosines[:2].max() < 0 < cosines[2:].min()
+  flat = np.concatenate([updates["w"].reshape(9, -1), updates["b"]], axis=1)
+  reference = np.median(flat, axis=0)
+  np.testing.assert_allclose(cosines, flat @ reference / (np.linalg.norm(flat, axis=1)
+                                                          * np.linalg.norm(reference)), rtol=1e-5)
+
+
+def test_padding_rows_are_left_out_of_the_median_and_get_nan():
+  updates = honest_and_flipped_updates()
+  real = np.array([True] * 7 + [False] * 2)
+  cosines = np.asarray(consensus.median_cosines(updates, real))
+  assert np.isnan(cosines[7:]).all() and np.isfinite(cosines[:7]).all()
+  alone = np.asarray(consensus.median_cosines(jax.tree.map(lambda u: u[:7], updates),
+                                              np.ones(7, bool)))
+  np.testing.assert_allclose(cosines[:7], alone, rtol=1e-6)
+
+
+def test_direction_and_magnitude_checks_reject_what_eq15_lets_through():
+  updates = honest_and_flipped_updates()
+  cosines = consensus.median_cosines(updates, np.ones(9, bool))
+  norms = np.array([2.0] * 8 + [25.0], np.float32)  # hospital 8 scaled its update
+  scores = np.full(9, 0.2, np.float32)  # eq. 15 sees nine equally good models
+  plain = consensus.ConsensusRule()
+  assert np.asarray(consensus.decide(scores, norms, cosines, plain)).all()  # checks off
+  checked = consensus.ConsensusRule(direction_k=3.0, max_norm_ratio=3.0)
+  keep = np.asarray(consensus.decide(scores, norms, cosines, checked))
+  assert keep.tolist() == [False, False] + [True] * 6 + [False]
+  jitted = jax.jit(lambda s, n, c: consensus.decide(s, n, c, checked))(scores, norms, cosines)
+  np.testing.assert_array_equal(jitted, keep)
+
+
+def test_eq15_still_rejects_when_the_checks_pass():
+  mae, self_mae = planted()
+  scores = consensus.vote_scores(mae, self_mae, 0.5)
+  rule = consensus.ConsensusRule(direction_k=3.0, max_norm_ratio=3.0)
+  keep = consensus.decide(scores, np.ones(9), np.full(9, 0.5), rule)
+  assert np.asarray(keep).tolist() == [True] * 4 + [False] + [True] * 4
+
+
+def test_when_every_update_fails_the_best_checked_score_is_kept():
+  scores = np.array([0.1, 0.9, 0.8], np.float32)
+  norms = np.array([50.0, 1.0, 1.0], np.float32)  # the best score belongs to a scaled update
+  keep = consensus.accept_mask(scores, "absolute", absolute_threshold=0.05,
+                               passes_checks=consensus.update_checks(norms, None, 0.0, 3.0))
+  assert np.asarray(keep).tolist() == [False, False, True]
+
+
+def test_direction_check_spares_an_honest_outlier_that_still_points_along_the_median():
+  cosines = np.array([0.62, 0.6, 0.58, 0.61, 0.59, 0.6, 0.3, 0.1, -0.4], np.float32)
+  norms = np.ones(9, np.float32)
+  rule = consensus.ConsensusRule(direction_k=2.5, direction_cosine=0.2)
+  keep = np.asarray(consensus.update_checks(norms, cosines, rule.direction_k, 0.0,
+                                            rule.mad_floor, rule.direction_cosine))
+  assert keep.tolist() == [True] * 7 + [False, False]  # 0.3 is an outlier, yet along the median
+  _, min_cosine = consensus.check_thresholds(norms, cosines, 2.5, 0.0, 1e-3, 1.0)
+  assert float(min_cosine) > 0.3  # without the bound, median - 2.5 MAD alone would reject it
