@@ -125,10 +125,20 @@ def global_model_by_non_leader(run):
   return txs, "leader"
 
 
+def verifier_reports_other_norms(run):
+  txs = round_two(run)
+  i = next(i for i, t in enumerate(txs) if t.kind == "vote")
+  body = dict(txs[i].body, votes=[dict(v) for v in txs[i].body["votes"]])
+  body["votes"][0]["norm"] = 0.5 * (body["votes"][0]["norm"] or 1.0)  # signed by its author
+  verifier = next(h for h in run.hospitals if h.node_id == txs[i].author)
+  txs[i] = tx_lib.signed(verifier, "vote", body)
+  return txs, "verifiers disagree on the update norms"
+
+
 FORGERIES = [with_wrong_key, from_unregistered, replayed_from_round_one,
              round_rewritten_under_old_signature, from_hospital_not_sampled, duplicated_update,
              epsilon_decreasing, consensus_overruled, scores_not_from_maes,
-             global_model_by_non_leader]
+             global_model_by_non_leader, verifier_reports_other_norms]
 
 
 def test_the_honest_next_round_is_accepted(run):
