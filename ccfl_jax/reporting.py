@@ -70,7 +70,8 @@ def summarize(config, records: list[dict], data_counts: list[dict], skipped, sec
                    clip_norm=config.privacy.clip_norm, accountant="RDP (dp_accounting), "
                    "sampling without replacement, REPLACE_ONE, sensitivity 2S, charged with the m_t "
                    "sampled (not the accepted) hospitals each round; the vote's published MAEs "
-                   "are not covered (federated/privacy.py)",
+                   "(and, with the update checks on, update norms and cosines) are not "
+                   "covered (federated/privacy.py, ledger/consensus.py)",
                    unit="one hospital's whole dataset"),
       ledger=dict(enabled=config.ledger.enabled,
                   consensus=config.ledger.consensus.to_dict() if config.ledger.enabled else None,

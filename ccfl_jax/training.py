@@ -206,11 +206,14 @@ def record_round(run, round_index: int, sampled, out, state, epsilon: float, con
   digests = [update_digest(jax.tree.map(lambda u, i=i: u[i], updates))
              for i in range(len(sampled))]
   p = config.privacy
+  # Publish a hospital's pre-clipping norm only where the magnitude check needs it: like the
+  # MAEs, it is not covered by the DP guarantee (ledger/consensus.py).
+  publish_norms = config.ledger.consensus.max_norm_ratio > 0
   return run_ledger.record_round(
       run, round_index, sampled=sampled.tolist(), update_digests=digests,
       local_maes=np.asarray(out.self_mae), mae_matrix=np.asarray(out.mae),
       vote_scores=np.asarray(out.vote_scores), accepted=np.asarray(out.accepted),
-      update_norms=np.asarray(out.update_norm),
+      update_norms=np.asarray(out.update_norm) if publish_norms else None,
       cosines=None if out.cosines is None else np.asarray(out.cosines),
       epsilon=epsilon, delta=p.delta, sigma=p.noise_multiplier, clip_norm=p.clip_norm,
       checkpoint_dir=checkpoint_dir,

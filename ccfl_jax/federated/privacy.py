@@ -18,9 +18,11 @@ never m'_t: a hospital can enter the sum only if sampled (probability m_t/H), an
 sampled updates survive depends on the data, so it is not a uniform subsample of size m'_t
 that would justify the smaller rate m'_t/H. Replacing one hospital's data still moves the
 sum of a fixed accepted set by at most 2S. What ε does NOT cover: the vote itself. The
-accept decision, the MAEs and the eq. 15 scores are un-noised functions of the hospitals'
-updates and validation slices, published on the ledger; under median+MAD one hospital's
-update can also move the threshold and so change which OTHER updates are summed. ε bounds
+accept decision, the MAEs and the eq. 15 scores (and, with the vote's update checks on,
+each update's pre-clipping norm and its cosine with the median update) are un-noised
+functions of the hospitals' updates and validation slices, published on the ledger; under
+median+MAD one hospital's update can also move the thresholds and so change which OTHER
+updates are summed. ε bounds
 the noised aggregate given the accepted set, not what the published votes reveal.
 """
 import collections
