@@ -3,8 +3,8 @@ r"""fed9 with 2 of its 9 hospitals poisoning their updates, under the ledger's v
   python -m ccfl_jax.main --config=configs/attack9.py --config.attack.kind=scale
   python tools/attacks.py    # no attack, sign_flip, scale x10, sign_flip without the vote
 
-fed9's data, model, optimizers and privacy (configs/fed9.py), 30 rounds: about 4 minutes per
-run on a 2-core CPU. Hospitals 0 and 1 are malicious (federated/attacks.py). The vote ignores
+fed9's data, model, optimizers, privacy and 40 rounds (configs/fed9.py): about 2 minutes per
+run on an idle 2-core CPU. Hospitals 0 and 1 are malicious (federated/attacks.py). The vote ignores
 self-reported MAEs (gamma = 0), so every local model is judged on the same 5 verifiers'
 validation batches and cannot talk its own score down; eq. 15 rejects above median + 4 MAD
 (3 rejected 5.6% of honest updates without any attack). The eq. 15 MAE alone misses most
@@ -21,7 +21,6 @@ from ccfl_jax.configuration import load_config_file
 def get_config():
   c = load_config_file(pathlib.Path(__file__).with_name("fed9.py"))
   c.run_name = "attack9"
-  c.num_rounds = 30
   c.ledger.num_verifiers = 5
   c.ledger.validation_size = 64
   c.ledger.consensus.gamma = 0.0

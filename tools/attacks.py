@@ -1,6 +1,6 @@
 """Poisoning hospitals against the ledger's vote (eqs. 14-15 and the update checks).
 
-  python tools/attacks.py [--rounds 30] [--seeds 0,1,2] [--runs none,sign_flip,scale]
+  python tools/attacks.py [--rounds 40] [--seeds 0,1,2] [--runs none,sign_flip,scale]
 
 Runs configs/attack9.py (9 hospitals, all sampled each round, phantom CT at 32x32, small CNN,
 client-level DP with fed9's settings) in one process, once per run: a no-attack baseline,
@@ -224,7 +224,7 @@ def target_lines(results: dict) -> list[str]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--rounds", type=int, default=30)
+  parser.add_argument("--rounds", type=int, default=40)  # configs/attack9.py = fed9's
   parser.add_argument("--runs", default=",".join(RUNS))
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--out", default=str(REPO_ROOT / "results" / "attacks.md"))
