@@ -40,7 +40,7 @@ Update checks (an extension, off by default; configs/attack9.py turns them on). 
 judges what a local model predicts, and a sign-flipped update often predicts no worse than
 an honest one (at the start, while every model is near chance, and whenever undoing one
 hospital's local fit costs the others little): results/attacks.md measures the vote alone
-at 47-61% of sign-flipped updates rejected. Two checks on the updates themselves, which every
+at 33% of sign-flipped updates rejected. Two checks on the updates themselves, which every
 verifier holds because it evaluates the local models, close that gap:
 - direction (`direction_k` > 0): the cosine of each update with the coordinate-wise median
   of the round's updates; an update whose cosine is below both median - direction_k * MAD
