@@ -1,6 +1,8 @@
 """Poisoning hospitals against the ledger's vote (eqs. 14-15 and the update checks).
 
   python tools/attacks.py [--rounds 40] [--seeds 0,1,2] [--runs none,sign_flip,scale]
+  python tools/attacks.py --runs none,label_flip,gaussian_noise --seeds 0,1 \
+      --out results/attacks_other.md
 
 Runs configs/attack9.py (9 hospitals, all sampled each round, phantom CT at 32x32, small CNN,
 client-level DP with fed9's settings) in one process, once per run: a no-attack baseline,
@@ -39,7 +41,11 @@ RUNS = {  # name: (attack kind, ledger on, update checks on)
     "sign_flip_eq15": ("sign_flip", True, False),
     "scale_eq15": ("scale", True, False),
     "sign_flip_no_vote": ("sign_flip", False, False),
+    "label_flip": ("label_flip", True, True),
+    "gaussian_noise": ("gaussian_noise", True, True),
 }
+TARGET_RUNS = ("none", "sign_flip", "scale", "none_eq15", "sign_flip_eq15", "scale_eq15",
+               "sign_flip_no_vote")  # the issue's targets; label_flip, gaussian_noise on request
 
 
 def attack_config(name: str, rounds: int, seed: int = 0):
@@ -225,7 +231,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--rounds", type=int, default=40)  # configs/attack9.py = fed9's
-  parser.add_argument("--runs", default=",".join(RUNS))
+  parser.add_argument("--runs", default=",".join(TARGET_RUNS), help=f"any of {', '.join(RUNS)}")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--out", default=str(REPO_ROOT / "results" / "attacks.md"))
   parser.add_argument("--run-root", default=str(REPO_ROOT / "results" / "attacks"))
