@@ -127,8 +127,7 @@ def decide(scores, norms, cosines, rule: ConsensusRule):
   may be None when its check is off. NaN entries (padding) never pass a check and are
   ignored by its median.
   """
-  passes = (update_checks(norms, cosines, rule.direction_k, rule.max_norm_ratio, rule.mad_floor,
-                          rule.direction_cosine) if rule.checks_updates else None)
+  passes = update_checks(norms, cosines, rule) if rule.checks_updates else None
   return accept_mask(scores, rule.rule, rule.k, rule.absolute_threshold, rule.mad_floor, passes)
 
 
@@ -147,31 +146,28 @@ def median_cosines(updates, real):
   return jnp.where(real, cosines, jnp.nan)
 
 
-def check_thresholds(norms, cosines, direction_k: float, max_norm_ratio: float,
-                     mad_floor: float = 1e-3, direction_cosine: float = 0.2):
+def check_thresholds(norms, cosines, rule: ConsensusRule):
   """(largest norm that passes, smallest cosine that passes); inf and -inf for a check that is off."""
   max_norm, min_cosine = jnp.float32(jnp.inf), jnp.float32(-jnp.inf)
-  if max_norm_ratio > 0:
-    max_norm = max_norm_ratio * jnp.nanmedian(jnp.asarray(norms, jnp.float32))
-  if direction_k > 0:
+  if rule.max_norm_ratio > 0:
+    max_norm = rule.max_norm_ratio * jnp.nanmedian(jnp.asarray(norms, jnp.float32))
+  if rule.direction_k > 0:
     cosines = jnp.asarray(cosines, jnp.float32)
     median = jnp.nanmedian(cosines)
     mad = jnp.nanmedian(jnp.abs(cosines - median))
-    min_cosine = jnp.minimum(median - direction_k * jnp.maximum(mad, mad_floor),
-                             jnp.float32(direction_cosine))
+    min_cosine = jnp.minimum(median - rule.direction_k * jnp.maximum(mad, rule.mad_floor),
+                             jnp.float32(rule.direction_cosine))
   return max_norm, min_cosine
 
 
-def update_checks(norms, cosines, direction_k: float, max_norm_ratio: float,
-                  mad_floor: float = 1e-3, direction_cosine: float = 0.2):
-  """Boolean [n]: True where an update passes the enabled direction and magnitude checks."""
-  max_norm, min_cosine = check_thresholds(norms, cosines, direction_k, max_norm_ratio, mad_floor,
-                                          direction_cosine)
+def update_checks(norms, cosines, rule: ConsensusRule):
+  """Boolean [n]: True where an update passes the direction and magnitude checks `rule` enables."""
+  max_norm, min_cosine = check_thresholds(norms, cosines, rule)
   passes = jnp.ones(jnp.shape(norms if norms is not None else cosines), bool)
-  if max_norm_ratio > 0:
+  if rule.max_norm_ratio > 0:
     norms = jnp.asarray(norms, jnp.float32)
     passes &= jnp.isfinite(norms) & (norms <= max_norm)
-  if direction_k > 0:
+  if rule.direction_k > 0:
     cosines = jnp.asarray(cosines, jnp.float32)
     passes &= jnp.isfinite(cosines) & (cosines >= min_cosine)
   return passes

@@ -3,12 +3,14 @@
 `synthetic_round` produces what the compiled round would hand to record_round: a random
 sample of hospitals, per-hospital update pytrees of the small CNN's size, a cross-evaluation
 MAE matrix in which hospitals listed in `poisoned` score badly, the eq. 15 scores, the
-updates' norms and cosines with their coordinate-wise median, and the consensus decision. Everything is drawn from numpy Generators seeded by (seed, round).
+updates' norms and cosines with their coordinate-wise median, and the consensus decision.
+Everything is drawn from numpy Generators seeded by (seed, round).
 """
 import dataclasses
 
 import jax
 import numpy as np
+import optax
 
 from ccfl_jax.ledger import consensus
 from ccfl_jax.ledger import run_ledger as run_lib
@@ -50,8 +52,7 @@ def synthetic_round(run: run_lib.RunLedger, round_index: int, hospitals_per_roun
   scores = np.asarray(consensus.vote_scores(mae_matrix, local_maes, rule.gamma))
   updates = tuple(small_cnn_tree(rng) for _ in sampled)
   stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *updates)
-  norms = np.array([np.sqrt(sum(np.sum(leaf ** 2) for leaf in jax.tree.leaves(u)))
-                    for u in updates], np.float32)
+  norms = np.array([optax.global_norm(u) for u in updates], np.float32)
   cosines = np.asarray(consensus.median_cosines(stacked, np.ones(len(sampled), bool)))
   accepted = np.asarray(consensus.decide(scores, norms, cosines, rule))
   return SyntheticRound(sampled, updates, local_maes, mae_matrix, scores, norms, cosines,

@@ -285,8 +285,8 @@ def _check_consensus(current: _Round, accepted: set, refuse) -> None:
   rule = current.rule
   hospitals = [h for h, _ in current.updates]
   self_mae = np.array([np.nan if m is None else m for _, m in current.updates], np.float64)
-  measured = np.array([[np.nan if e["mae"] is None else e["mae"] for e in entries]
-                       for _, entries in current.votes], np.float64).T  # [update, verifier]
+  measured = np.array([_recorded(entries, "mae")
+                       for _, entries in current.votes]).T  # [update, verifier]
   first = current.votes[0][1]
   scores, norms, cosines = (_recorded(first, f) for f in ("score", "norm", "cosine"))
   for _, entries in current.votes[1:]:
@@ -299,13 +299,11 @@ def _check_consensus(current: _Round, accepted: set, refuse) -> None:
   if (not np.array_equal(finite, np.isfinite(scores))
       or np.any(np.abs(expected[finite] - scores[finite]) > SCORE_TOLERANCE)):
     refuse("eq. 15 scores do not follow from the recorded MAEs and gamma")
-  threshold = float(consensus.rejection_threshold(scores, rule["rule"], rule["k"],
-                                                  rule["absolute_threshold"], rule["mad_floor"]))
   parsed = consensus.ConsensusRule(**rule)
+  threshold = float(consensus.rejection_threshold(scores, parsed.rule, parsed.k,
+                                                  parsed.absolute_threshold, parsed.mad_floor))
   decided = np.asarray(consensus.decide(scores, norms, cosines, parsed))
-  max_norm, min_cosine = (float(t) for t in consensus.check_thresholds(
-      norms, cosines, parsed.direction_k, parsed.max_norm_ratio, parsed.mad_floor,
-      parsed.direction_cosine))
+  max_norm, min_cosine = (float(t) for t in consensus.check_thresholds(norms, cosines, parsed))
   for h, score, norm, cosine, keep in zip(hospitals, scores, norms, cosines, decided):
     borderline = any(abs(value - limit) <= SCORE_TOLERANCE * (1 + abs(limit))
                      for value, limit in ((score, threshold), (norm, max_norm),

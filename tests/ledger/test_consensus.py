@@ -114,7 +114,8 @@ def test_when_every_update_fails_the_best_checked_score_is_kept():
   scores = np.array([0.1, 0.9, 0.8], np.float32)
   norms = np.array([50.0, 1.0, 1.0], np.float32)  # the best score belongs to a scaled update
   keep = consensus.accept_mask(scores, "absolute", absolute_threshold=0.05,
-                               passes_checks=consensus.update_checks(norms, None, 0.0, 3.0))
+                               passes_checks=consensus.update_checks(
+                                   norms, None, consensus.ConsensusRule(max_norm_ratio=3.0)))
   assert np.asarray(keep).tolist() == [False, False, True]
 
 
@@ -122,8 +123,8 @@ def test_direction_check_spares_an_honest_outlier_that_still_points_along_the_me
   cosines = np.array([0.62, 0.6, 0.58, 0.61, 0.59, 0.6, 0.3, 0.1, -0.4], np.float32)
   norms = np.ones(9, np.float32)
   rule = consensus.ConsensusRule(direction_k=2.5, direction_cosine=0.2)
-  keep = np.asarray(consensus.update_checks(norms, cosines, rule.direction_k, 0.0,
-                                            rule.mad_floor, rule.direction_cosine))
+  keep = np.asarray(consensus.update_checks(norms, cosines, rule))
   assert keep.tolist() == [True] * 7 + [False, False]  # 0.3 is an outlier, yet along the median
-  _, min_cosine = consensus.check_thresholds(norms, cosines, 2.5, 0.0, 1e-3, 1.0)
+  _, min_cosine = consensus.check_thresholds(
+      norms, cosines, consensus.ConsensusRule(direction_k=2.5, direction_cosine=1.0))
   assert float(min_cosine) > 0.3  # without the bound, median - 2.5 MAD alone would reject it
