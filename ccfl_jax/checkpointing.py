@@ -2,7 +2,8 @@
 privacy accountant's history (the m_t of every round, from which ε is recomposed).
 
 Layout of a run directory: `config.json` (the full config), `checkpoints/<round>/` (orbax),
-`metrics.jsonl`, `summary.json`, `summary.md`.
+`metrics.jsonl`, `summary.json`, `summary.md`. This module only saves and restores;
+`inference.load_run` builds a run's model and restores its params for evaluation.
 """
 import json
 import pathlib
@@ -58,17 +59,3 @@ def read_config(run_dir) -> ml_collections.ConfigDict:
   if not path.exists():
     raise FileNotFoundError(f"{path}: no config.json; is {run_dir} a ccfl_jax run directory?")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def load_run(run_dir, round=None):  # noqa: A002 (the CLI flag's name)
-  """(config, global params, round) of a finished or running run, for evaluation/prediction."""
-  from ccfl_jax import training  # late import: training builds models and data
-  config = read_config(run_dir)
-  model = training.build_model(config)
-  template = training.initial_server_state(config, model)
-  manager = checkpoint_manager(run_dir, config.max_checkpoints_to_keep)
-  restored = restore(manager, template, config.seed, round)
-  if restored is None:
-    raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to load")
-  state, rounds_done, _ = restored
-  return config, state.params, rounds_done

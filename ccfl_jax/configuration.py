@@ -109,15 +109,27 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-CHOICES = {
-    "partition.kind": ("iid", "dirichlet", "by_site"),
-    "dataset.on_bad_file": ("error", "skip"),
-    "engine.kind": ("compiled", "sequential"),
-    "engine.hospital_axis": ("auto", "vmap", "unroll"),
-    "engine.unroll_local_steps": ("auto", "true", "false"),
-    "ledger.consensus.rule": ("median_mad", "absolute"),
-    "attack.kind": ("none", "sign_flip", "scale", "gaussian_noise", "label_flip"),
-}
+UNROLL_CHOICES = ("auto", "true", "false")
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+  """Field -> its valid values, each list owned by the module that implements the choice."""
+  # Late imports, deliberately: config files import this module for default_config(), and
+  # should not pay for JAX and the models on import.
+  from ccfl_jax.data import errors, partition
+  from ccfl_jax.federated import attacks, engine
+  from ccfl_jax.ledger import consensus
+  return {
+      "partition.kind": partition.PARTITIONERS,
+      "dataset.on_bad_file": errors.ON_BAD_FILE_CHOICES,
+      "engine.kind": engine.ENGINES,
+      "engine.hospital_axis": ("auto",) + engine.HOSPITAL_AXES,
+      "engine.unroll_local_steps": UNROLL_CHOICES,
+      "ledger.consensus.rule": consensus.RULES,
+      "attack.kind": attacks.KINDS,
+  }
+
+
 FREE_FORM_BLOCKS = ("model", "local_optimizer", "server_optimizer")  # kwargs of what they build
 
 
@@ -150,18 +162,19 @@ def _check(condition: bool, field: str, expected: str, config) -> None:
 
 def validate(config) -> None:
   """Raises ConfigError naming the first field a run cannot use and what it expects."""
-  from ccfl_jax.data import datasets  # late imports: the registries import JAX and models
-  from ccfl_jax.models import model_names
+  # Late imports, deliberately (see `choices`): the registries import JAX and the models.
   import optax
+  from ccfl_jax import models
+  from ccfl_jax.data import datasets
 
   for message in _unknown_fields(config, default_config()):
     raise ConfigError(message)
-  for field, choices in CHOICES.items():
+  for field, valid in choices().items():
     value = _get(config, field)
     value = str(value).lower() if isinstance(value, bool) else value
-    _check(value in choices, field, f"one of {', '.join(choices)}", config)
-  _check(config.model.name in model_names(), "model.name",
-         f"one of {', '.join(model_names())}", config)
+    _check(value in valid, field, f"one of {', '.join(valid)}", config)
+  _check(config.model.name in models.model_names(), "model.name",
+         f"one of {', '.join(models.model_names())}", config)
   _check(config.dataset.name in datasets.dataset_names(), "dataset.name",
          f"one of {', '.join(datasets.dataset_names())}", config)
   for block in ("local_optimizer", "server_optimizer"):
@@ -205,8 +218,6 @@ def validate(config) -> None:
   _check(config.dataset.name == "phantom" or bool(config.dataset.path), "dataset.path",
          f"the folder of the {config.dataset.name!r} dataset", config)
   try:
-    from ccfl_jax.models import get_model
-    get_model(config.model.name, **{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in config.model.items() if k != "name"})
+    models.from_config(config)
   except TypeError as error:
     raise ConfigError(f"config.model: {error}") from None

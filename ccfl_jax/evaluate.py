@@ -8,25 +8,25 @@ phantom). The data is preprocessed as the run was trained (`config.dataset` of t
 size, lung window); only the dataset's name and path change. Prints and writes (JSON; default
 `<run>/evaluations/<kind>-<folder>[-<split>]-round<N>.json`) precision, sensitivity,
 specificity, accuracy, F1, AUC and the confusion matrix, per slice and per patient (the patient
-score is `predict.patient_score`; a patient is positive when any of its slices is).
+score is `inference.patient_score`; a patient is positive when any of its slices is).
 """
 import dataclasses
 import pathlib
 import sys
 
 import numpy as np
+from absl import app, flags, logging
 
-from ccfl_jax import metrics, reporting
-from ccfl_jax.data.errors import DataError
+from ccfl_jax import inference, metrics, models, reporting
+from ccfl_jax.data import datasets
+from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, DataError
 from ccfl_jax.data.real_slices import skipped_files
-from ccfl_jax.predict import DEFAULT_TOP_FRACTION, covid_probabilities, patient_score
 
 METRIC_ORDER = ("precision", "sensitivity", "specificity", "accuracy", "f1", "auc")
 
 
 def parse_data_spec(spec: str) -> tuple[str, str]:
   """'kind:path' -> (kind, path); the path may itself contain ':'."""
-  from ccfl_jax.data import datasets
   kind, sep, path = spec.partition(":")
   if not sep or kind not in datasets.dataset_names():
     raise ValueError(f"--data={spec!r}: expected <kind>:<path> with kind one of "
@@ -44,23 +44,12 @@ def evaluation_dataset_config(run_config, kind: str, path: str, on_bad_file: str
   return dataset_config
 
 
-def patient_level(patient_ids, labels, probabilities, top_fraction: float):
-  """(patient labels, patient scores): positive if any slice is; score per `patient_score`."""
-  patients = np.unique(patient_ids)
-  patient_labels = np.asarray([labels[patient_ids == p].max() for p in patients])
-  scores = np.asarray([patient_score(probabilities[patient_ids == p], top_fraction)
-                       for p in patients])
-  return patient_labels, scores
-
-
 def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshold: float = 0.5,
-                 on_bad_file: str = "error", top_fraction: float = DEFAULT_TOP_FRACTION) -> dict:
+                 on_bad_file: str = "error",
+                 top_fraction: float = inference.DEFAULT_TOP_FRACTION) -> dict:
   """Loads the run's model and the dataset; returns the report (also what is written)."""
-  from ccfl_jax import checkpointing, training
-  from ccfl_jax.data import datasets
-
   kind, path = parse_data_spec(data_spec)
-  config, params, rounds_done = checkpointing.load_run(run_dir, round_)
+  config, params, rounds_done = inference.load_run(run_dir, round_)
   slices = datasets.load_dataset(evaluation_dataset_config(config, kind, path, on_bad_file),
                                  config.seed)
   skipped = skipped_files(slices)
@@ -70,10 +59,10 @@ def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshol
     slices = slices.take(np.char.lower(slices.split.astype(str)) == split.lower())
     if not len(slices):
       raise DataError(path, f"--split={split}: no slices in this split")
-  probabilities = covid_probabilities(training.build_model(config), params, slices.images,
-                                      config.eval_batch_size)
-  patient_labels, patient_scores = patient_level(slices.patient_ids, slices.labels,
-                                                 probabilities, top_fraction)
+  probabilities = inference.covid_probabilities(models.from_config(config), params,
+                                                slices.images, config.eval_batch_size)
+  _, patient_labels, patient_scores = inference.patient_level(
+      slices.patient_ids, slices.labels, probabilities, top_fraction)
   return dict(
       run=str(run_dir), round=rounds_done, model=config.model.name, data=data_spec,
       split=split or "all", threshold=threshold,
@@ -81,7 +70,7 @@ def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshol
       slices=len(slices), patients=len(patient_labels),
       slice_metrics=metrics.classification_metrics(slices.labels, probabilities, threshold),
       patient_metrics=metrics.classification_metrics(patient_labels, patient_scores, threshold),
-      patient_rule=f"mean of the top ceil({top_fraction} x slices) slice probabilities",
+      patient_rule=inference.patient_rule(top_fraction),
       skipped=[dataclasses.asdict(s) for s in skipped])
 
 
@@ -108,7 +97,6 @@ def format_report(report: dict) -> str:
 
 
 def main(argv):
-  from absl import flags, logging
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   f = flags.FLAGS
@@ -125,13 +113,13 @@ def main(argv):
 
 
 def cli():
-  from absl import app, flags
   flags.DEFINE_string("run", None, "Run directory (results/<run>).", required=True)
   flags.DEFINE_string("data", None, "<kind>:<path> of a labelled dataset.", required=True)
   flags.DEFINE_integer("round", None, "Checkpoint round (default: the latest).")
   flags.DEFINE_string("split", "", "Evaluate only this split of the dataset (e.g. val).")
   flags.DEFINE_float("threshold", 0.5, "Decision threshold on P(COVID-19).")
-  flags.DEFINE_enum("on_bad_file", "error", ["error", "skip"], "Bad input: stop, or skip and list.")
+  flags.DEFINE_enum("on_bad_file", "error", ON_BAD_FILE_CHOICES,
+                    "Bad input: stop, or skip and list.")
   flags.DEFINE_string("out", "", "Where to write the JSON report.")
   app.run(main)
 

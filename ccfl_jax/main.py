@@ -12,9 +12,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ccfl_jax import configuration, training
+from ccfl_jax.data.errors import DataError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/<name>.py); override any of its fields "
+    "with --config.<field>=<value> (the fields and their defaults: "
+    "ccfl_jax/configuration.py default_config).", lock_config=True)
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of one line.")
 
 
 def parse_flags(argv):
@@ -38,13 +42,14 @@ def main(argv):
     raise app.UsageError("--config=configs/<experiment>.py is required")
   logging.set_verbosity(logging.WARNING)  # orbax and JAX log every step at INFO
   python_logging.getLogger("ccfl_jax").setLevel(python_logging.INFO)
+  run_dir = pathlib.Path(config.results_dir) / config.run_name
   try:
-    configuration.validate(config)
-  except (configuration.ConfigError, OSError) as error:  # OSError: config file not loadable
+    training.train_and_evaluate(config, run_dir)  # validates the config first
+  except (configuration.ConfigError, DataError) as error:
+    if _DEBUG.value:
+      raise
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  run_dir = pathlib.Path(config.results_dir) / config.run_name
-  training.train_and_evaluate(config, run_dir)
   print(f"results in {run_dir}/ (summary.md, metrics.jsonl, curves.png, checkpoints/)")
 
 

@@ -6,11 +6,10 @@ Each PATH is a DICOM series folder (or a folder of series folders: one patient p
 folder), a single DICOM file, or an image (PNG/JPG/...). The preprocessing is the run's own
 (`config.dataset` in `<run>/config.json`: image size and lung window), never retyped here.
 
-Per-patient verdict (`patient_score`): the mean of the top-k slice probabilities, with
-k = ceil(top_fraction x slices), top_fraction = 0.1 by default. COVID-19 lesions occupy only some
-slices of a chest CT, so the mean over all slices dilutes a clear finding, while the single
-highest slice is at the mercy of one noisy prediction; the top 10% sits between the two. A single
-image is its own patient (k = 1). The verdict is COVID-19 when the score >= --threshold (0.5).
+Per-patient verdict (`inference.patient_score`): the mean of the top-k slice probabilities,
+with k = ceil(top_fraction x slices), top_fraction = 0.1 by default (the reasoning is in
+ccfl_jax/inference.py). A single image is its own patient (k = 1). The verdict is COVID-19
+when the score >= --threshold (0.5).
 
 `--out` ending in .json writes {"slices": [...], "patients": [...]}; any other name writes the
 slices as CSV there and the patients as CSV beside it (`<name>.patients.csv`).
@@ -22,13 +21,13 @@ import pathlib
 import sys
 
 import numpy as np
+from absl import app, flags, logging
 
-from ccfl_jax import reporting
+from ccfl_jax import inference, models, reporting
 from ccfl_jax.data import dicom, image_folder
-from ccfl_jax.data.errors import BadFilePolicy, DataError
+from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, BadFilePolicy, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-DEFAULT_TOP_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,24 +38,6 @@ class SliceInput:
   path: str
   frame: int
   position: float
-
-
-def patient_score(probabilities, top_fraction: float = DEFAULT_TOP_FRACTION) -> float:
-  """Mean of the top ceil(top_fraction * n) slice probabilities (see the module docstring)."""
-  probabilities = np.sort(np.asarray(probabilities, np.float64))[::-1]
-  k = max(1, math.ceil(top_fraction * len(probabilities)))
-  return float(probabilities[:k].mean())
-
-
-def covid_probabilities(model, params, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-  """P(COVID-19) per image, in fixed-size batches (one compilation, any number of images)."""
-  import jax  # late: `--help` and input errors should not wait for JAX
-
-  apply = jax.jit(lambda p, x: model.probabilities(model.module.apply(p, x))[:, 1])
-  n = len(images)
-  padded = np.concatenate([images, np.zeros((-n % batch_size,) + images.shape[1:], np.float32)])
-  return np.concatenate([np.asarray(apply(params, padded[i:i + batch_size]))
-                         for i in range(0, len(padded), batch_size)])[:n]
 
 
 def _dicom_inputs(slices, patient: str) -> list[SliceInput]:
@@ -96,9 +77,9 @@ def predictions(inputs: list[SliceInput], probabilities: np.ndarray, threshold: 
   patient_rows = []
   for patient in dict.fromkeys(s.patient for s in inputs):  # first-seen order
     mine = [float(p) for s, p in zip(inputs, probabilities) if s.patient == patient]
-    score = patient_score(mine, top_fraction)
+    score = inference.patient_score(mine, top_fraction)
     patient_rows.append(dict(
-        patient=patient, slices=len(mine), top_k=max(1, math.ceil(top_fraction * len(mine))),
+        patient=patient, slices=len(mine), top_k=inference.top_k(len(mine), top_fraction),
         score=score, max_slice_prob=max(mine),
         verdict="COVID-19" if score >= threshold else "not COVID-19"))
   return slice_rows, patient_rows
@@ -121,28 +102,27 @@ def write_outputs(out, slice_rows: list[dict], patient_rows: list[dict], about: 
 
 
 def run_predictions(run_dir, paths, round_=None, threshold: float = 0.5,
-                    top_fraction: float = DEFAULT_TOP_FRACTION, on_bad_file: str = "error"):
+                    top_fraction: float = inference.DEFAULT_TOP_FRACTION,
+                    on_bad_file: str = "error"):
   """(slice rows, patient rows, about) for `paths` with the run's model and preprocessing."""
-  from ccfl_jax import checkpointing, training
-
-  config, params, rounds_done = checkpointing.load_run(run_dir, round_)
+  config, params, rounds_done = inference.load_run(run_dir, round_)
   preprocessing = dicom.preprocessing_params(config.dataset)
   policy = BadFilePolicy(on_bad_file)
   inputs = [s for path in paths for s in read_inputs(path, preprocessing, policy)]
   if not inputs:
     raise DataError(", ".join(map(str, paths)), "no readable slices to predict")
-  probabilities = covid_probabilities(training.build_model(config), params,
-                                      np.stack([s.image for s in inputs]), config.eval_batch_size)
+  probabilities = inference.covid_probabilities(models.from_config(config), params,
+                                                np.stack([s.image for s in inputs]),
+                                                config.eval_batch_size)
   slice_rows, patient_rows = predictions(inputs, probabilities, threshold, top_fraction)
   about = dict(run=str(run_dir), round=rounds_done, model=config.model.name,
                preprocessing=preprocessing, threshold=threshold,
-               patient_rule=f"mean of the top ceil({top_fraction} x slices) slice probabilities",
+               patient_rule=inference.patient_rule(top_fraction),
                skipped=[dataclasses.asdict(s) for s in policy.skipped])
   return slice_rows, patient_rows, about
 
 
 def main(argv):
-  from absl import flags, logging
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   f = flags.FLAGS
@@ -172,21 +152,19 @@ def main(argv):
 
 
 def define_flags():
-  from absl import flags
   flags.DEFINE_string("run", None, "Run directory (results/<run>).", required=True)
   flags.DEFINE_integer("round", None, "Checkpoint round (default: the latest).")
   flags.DEFINE_float("threshold", 0.5, "Verdict threshold on the patient score.")
-  flags.DEFINE_float("top_fraction", DEFAULT_TOP_FRACTION,
+  flags.DEFINE_float("top_fraction", inference.DEFAULT_TOP_FRACTION,
                      "Patient score = mean of the top ceil(top_fraction x slices) slices.")
-  flags.DEFINE_enum("on_bad_file", "error", ["error", "skip"], "Bad input: stop, or skip and list.")
+  flags.DEFINE_enum("on_bad_file", "error", ON_BAD_FILE_CHOICES,
+                    "Bad input: stop, or skip and list.")
   flags.DEFINE_string("out", "", "Write predictions here (.json, or .csv + .patients.csv).")
   flags.DEFINE_multi_string("paths", [], "Inputs (also accepted as positional arguments).")
 
 
 def cli():
   """`python -m ccfl_jax.predict`: flags, then PATH... as positional arguments."""
-  from absl import app, flags
-
   define_flags()
 
   def with_positional_paths(argv):

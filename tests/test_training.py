@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ccfl_jax import checkpointing, configuration, training
+from ccfl_jax import configuration, inference, training
 from ccfl_jax.ledger import audit, store
 from tests.conftest import REPO_ROOT
 
@@ -52,8 +52,8 @@ def test_resume_after_stop_and_crash_matches_uninterrupted(tmp_path):
   training.train_and_evaluate(tiny_config(), resumed)
   assert _metrics(straight) == _metrics(resumed)
   assert [r["round"] for r in _metrics(resumed)] == [1, 2, 3, 4]
-  _, params_a, round_a = checkpointing.load_run(straight)
-  _, params_b, round_b = checkpointing.load_run(resumed)
+  _, params_a, round_a = inference.load_run(straight)
+  _, params_b, round_b = inference.load_run(resumed)
   assert round_a == round_b == 4
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -78,10 +78,10 @@ def test_crash_between_checkpoint_and_block_then_tampering(tmp_path):
   run_dir = tmp_path / "run"
   config = tiny_config(num_rounds=2, checkpoint_every=1)
   training.train_and_evaluate(config, run_dir)
-  _, params_before, _ = checkpointing.load_run(run_dir)
+  _, params_before, _ = inference.load_run(run_dir)
   sorted(store.ledger_dir(run_dir).glob("*.json"))[-1].unlink()  # round 2's block never written
   training.train_and_evaluate(config, run_dir)  # checkpoint 2 deleted, round 2 recomputed
-  _, params_after, rounds_done = checkpointing.load_run(run_dir)
+  _, params_after, rounds_done = inference.load_run(run_dir)
   assert rounds_done == 2
   for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(params_after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -6,13 +6,29 @@ section on random sub-sampling and distorting; Geyer et al. 2017). A malicious h
 (attacks.py) trains on poisoned labels or submits a poisoned update; the server clips
 whatever it receives.
 """
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ccfl_jax.federated import attacks, privacy
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSettings:
+  """What every hospital of a round does alike: K steps of `optimizer` (reset each round) on
+  batches of `batch_size`, the update clipped to `clip_norm`; `unroll` unrolls the K steps
+  in the trace (faster around convolutions on XLA:CPU, mesh.default_unroll_local_steps)."""
+  model: Any
+  optimizer: Any
+  local_steps: int
+  batch_size: int
+  unroll: bool
+  clip_norm: float
+  attack: attacks.Attack = attacks.Attack()
 
 
 def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
@@ -27,19 +43,32 @@ def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
   return order[positions].reshape(num_steps, batch_size)
 
 
-def local_training(params, images, labels, count, key, *, model, optimizer, local_steps,
-                   batch_size, unroll):
-  """K optimizer steps from the global params; returns (local params, mean local loss)."""
+def train_step(model, optimizer):
+  """One optimizer step on a batch: (params, opt_state, images, labels) -> (params,
+  opt_state, mean loss). The step every hospital repeats K times (and the centralized
+  baseline, tools/train_centralized.py, repeats per batch)."""
 
   def loss_fn(p, batch_images, batch_labels):
     outputs = model.module.apply(p, batch_images, train=True)
     return jnp.mean(model.loss(outputs, batch_images, batch_labels))
 
+  def step(params, opt_state, batch_images, batch_labels):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch_images, batch_labels)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
+def local_training(params, images, labels, count, key, *, model, optimizer, local_steps,
+                   batch_size, unroll):
+  """K optimizer steps from the global params; returns (local params, mean local loss)."""
+  one_step = train_step(model, optimizer)
+
   def step(carry, batch_index):
     p, opt_state = carry
-    loss, grads = jax.value_and_grad(loss_fn)(p, images[batch_index], labels[batch_index])
-    updates, opt_state = optimizer.update(grads, opt_state, p)
-    return (optax.apply_updates(p, updates), opt_state), loss
+    p, opt_state, loss = one_step(p, opt_state, images[batch_index], labels[batch_index])
+    return (p, opt_state), loss
 
   batches = local_batches(key, count, images.shape[0], local_steps, batch_size)
   (local_params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), batches,
@@ -61,9 +90,10 @@ def hospital_update(params, images, labels, count, key, malicious=False, *, clip
   return clipped, norm, loss
 
 
-def make_hospital_update(model, optimizer, local_steps, batch_size, unroll, clip_norm,
-                         attack=attacks.Attack()):
-  """`hospital_update` with the round's fixed settings bound."""
-  return functools.partial(hospital_update, model=model, optimizer=optimizer,
-                           local_steps=local_steps, batch_size=batch_size, unroll=unroll,
-                           clip_norm=clip_norm, attack=attack)
+def make_hospital_update(settings: LocalSettings):
+  """`hospital_update` with the round's fixed settings bound:
+  (params, images, labels, count, key, malicious) -> (clipped update, norm, loss)."""
+  return functools.partial(hospital_update, model=settings.model, optimizer=settings.optimizer,
+                           local_steps=settings.local_steps, batch_size=settings.batch_size,
+                           unroll=settings.unroll, clip_norm=settings.clip_norm,
+                           attack=settings.attack)

@@ -32,10 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ccfl_jax import tree_util
 from ccfl_jax.federated import attacks, client, cross_evaluation, mesh as mesh_lib, privacy, server
 from ccfl_jax.ledger import consensus as consensus_lib
 
 H = mesh_lib.HOSPITAL_AXIS
+ENGINES = ("compiled", "sequential")
+HOSPITAL_AXES = ("vmap", "unroll")  # how the compiled engine maps hospitals within a device
 
 
 class RoundOutput(NamedTuple):
@@ -71,6 +74,40 @@ class RoundSettings:
   attack: attacks.Attack = attacks.Attack()
   return_updates: bool = False
 
+  @property
+  def local(self) -> client.LocalSettings:
+    return client.LocalSettings(self.model, self.local_optimizer, self.local_steps,
+                                self.batch_size, self.unroll_local_steps, self.clip_norm,
+                                self.attack)
+
+
+class RoundShared(NamedTuple):
+  """What every hospital of the round reads: the global params and, with a consensus rule,
+  the verifiers' validation batches ([v, size, ...] images, [v, size] labels)."""
+  params: Any
+  verifier_batches: Any = None
+
+
+class HospitalInputs(NamedTuple):
+  """One sampled hospital's inputs (stacked on a leading axis when mapped): its padded slice
+  arrays, slice count, key, malicious flag and, with a consensus rule, its own validation
+  batch (images, labels)."""
+  images: Any
+  labels: Any
+  count: Any
+  key: Any
+  malicious: Any
+  own_batch: Any = None
+
+
+class HospitalStats(NamedTuple):
+  """What one hospital's part of the round reports beside its clipped update; mae [v] and
+  self_mae only with a consensus rule."""
+  update_norm: Any  # of the submitted update, before clipping
+  local_loss: Any
+  mae: Any = None
+  self_mae: Any = None
+
 
 def hospital_keys(round_key, hospital_ids):
   local_key = jax.random.fold_in(round_key, 0)
@@ -78,23 +115,18 @@ def hospital_keys(round_key, hospital_ids):
 
 
 def _hospital_round(s: RoundSettings):
-  """fn(shared, hospital) -> (clipped update, stats): one sampled hospital's part of the round.
+  """fn(RoundShared, HospitalInputs) -> (clipped update, HospitalStats): one sampled
+  hospital's part of the round."""
+  update = client.make_hospital_update(s.local)
 
-  shared = (global params, verifier batches or None); hospital = (images, labels, count, key,
-  malicious, own validation batch or None); stats = (norm, loss[, mae row, self mae]).
-  """
-  update = client.make_hospital_update(s.model, s.local_optimizer, s.local_steps, s.batch_size,
-                                       s.unroll_local_steps, s.clip_norm, s.attack)
-
-  def fn(shared, hospital):
-    params, verifier_batches = shared
-    images, labels, count, key, malicious, own_batch = hospital
-    delta, norm, loss = update(params, images, labels, count, key, malicious)
+  def fn(shared: RoundShared, hospital: HospitalInputs):
+    delta, norm, loss = update(shared.params, hospital.images, hospital.labels, hospital.count,
+                               hospital.key, hospital.malicious)
     if s.consensus is None:
-      return delta, (norm, loss)
-    mae, self_mae = cross_evaluation.cross_evaluate(s.model, params, delta, *own_batch,
-                                                    *verifier_batches)
-    return delta, (norm, loss, mae, self_mae)
+      return delta, HospitalStats(norm, loss)
+    mae, self_mae = cross_evaluation.cross_evaluate(s.model, shared.params, delta,
+                                                    *hospital.own_batch, *shared.verifier_batches)
+    return delta, HospitalStats(norm, loss, mae, self_mae)
 
   return fn
 
@@ -104,9 +136,8 @@ def _map_hospitals(fn, hospital_axis: str, shared, per_hospital):
   if hospital_axis == "vmap":
     return jax.vmap(fn, (None, 0))(shared, per_hospital)
   count = jax.tree.leaves(per_hospital)[0].shape[0]
-  results = [fn(shared, jax.tree.map(lambda a, i=i: a[i], per_hospital))  # unrolled in the trace
-             for i in range(count)]
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *results)
+  return tree_util.stack([fn(shared, tree_util.index(per_hospital, i))  # unrolled in the trace
+                          for i in range(count)])
 
 
 def _weighted_sum(deltas, weights):
@@ -123,10 +154,11 @@ def _vote(deltas, stats, weights, rule: consensus_lib.ConsensusRule | None):
   real = weights > 0
   if rule is None:
     return real, None, None
-  norms, _, mae, self_mae = stats
-  scores = jnp.where(real, consensus_lib.vote_scores(mae, self_mae, rule.gamma), jnp.nan)
+  scores = jnp.where(real, consensus_lib.vote_scores(stats.mae, stats.self_mae, rule.gamma),
+                     jnp.nan)
   cosines = (consensus_lib.median_cosines(deltas, real) if rule.direction_k > 0 else None)
-  accepted = consensus_lib.decide(scores, jnp.where(real, norms, jnp.nan), cosines, rule)
+  accepted = consensus_lib.decide(scores, jnp.where(real, stats.update_norm, jnp.nan), cosines,
+                                  rule)
   return accepted & real, scores, cosines
 
 
@@ -136,12 +168,10 @@ def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings)
   return server.apply_update(state, mean_update, s.server_optimizer)
 
 
-def _round_output(deltas, stats, accepted, malicious, scores, cosines,
+def _round_output(deltas, stats: HospitalStats, accepted, malicious, scores, cosines,
                   s: RoundSettings) -> RoundOutput:
-  norms, losses = stats[:2]
-  mae, self_mae = stats[2:] if s.consensus is not None else (None, None)
-  return RoundOutput(losses, norms, accepted, malicious, mae, self_mae, scores,
-                     deltas if s.return_updates else None, cosines)
+  return RoundOutput(stats.local_loss, stats.update_norm, accepted, malicious, stats.mae,
+                     stats.self_mae, scores, deltas if s.return_updates else None, cosines)
 
 
 def _validation_batches(data, sampled, verifiers, round_key, s: RoundSettings):
@@ -166,7 +196,8 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     # Replicated params would make grad return a gradient summed over devices (NOTES-jax.md):
     # mark them device-varying so every hospital differentiates its own copy.
     params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, H, to="varying"), params)
-    return _map_hospitals(hospital_fn, hospital_axis, (params, verifier_batches), per_hospital)
+    return _map_hospitals(hospital_fn, hospital_axis, RoundShared(params, verifier_batches),
+                          per_hospital)
 
   sharded_hospitals = jax.shard_map(train_and_cross_evaluate, mesh=mesh,
                                     in_specs=(P(), P(H), P()), out_specs=(P(H), P(H)))
@@ -178,8 +209,9 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     malicious = attacks.malicious_flags(settings.attack, sampled)
     own_batches, verifier_batches = _validation_batches(data, sampled, verifiers, round_key,
                                                         settings)
-    per_hospital = (data.images[sampled], data.labels[sampled], data.counts[sampled],
-                    hospital_keys(round_key, sampled), malicious, own_batches)
+    per_hospital = HospitalInputs(data.images[sampled], data.labels[sampled],
+                                  data.counts[sampled], hospital_keys(round_key, sampled),
+                                  malicious, own_batches)
     deltas, stats = sharded_hospitals(state.params, per_hospital, verifier_batches)
     accepted, scores, cosines = _vote(deltas, stats, weights, settings.consensus)
     aggregate_weights = weights * accepted
@@ -208,8 +240,7 @@ def sequential_round(settings: RoundSettings):
 
   @jax.jit
   def finish(state, deltas, stats, malicious, round_key):
-    deltas = jax.tree.map(lambda *leaves: jnp.stack(leaves), *deltas)
-    stats = jax.tree.map(lambda *leaves: jnp.stack(leaves), *stats)
+    deltas, stats = tree_util.stack(deltas), tree_util.stack(stats)
     accepted, scores, cosines = _vote(deltas, stats, jnp.ones(len(malicious), jnp.float32),
                                       settings.consensus)
     aggregate_weights = accepted.astype(jnp.float32)
@@ -231,13 +262,13 @@ def sequential_round(settings: RoundSettings):
     own_batches, verifier_batches = [None] * len(sampled), None
     if settings.consensus is not None:
       own_batches = batches_of(data, sampled, round_key)
-      verifier_batches = jax.tree.map(lambda *b: jnp.stack(b),
-                                      *batches_of(data, verifiers, round_key))
+      verifier_batches = tree_util.stack(batches_of(data, verifiers, round_key))
     deltas, stats = [], []
     for i, h in enumerate(sampled):
       delta, hospital_stats = hospital_step(
-          (state.params, verifier_batches),
-          (data.images[h], data.labels[h], data.counts[h], keys[i], malicious[i], own_batches[i]))
+          RoundShared(state.params, verifier_batches),
+          HospitalInputs(data.images[h], data.labels[h], data.counts[h], keys[i], malicious[i],
+                         own_batches[i]))
       deltas.append(delta)
       stats.append(hospital_stats)
     return finish(state, deltas, stats, malicious, round_key)

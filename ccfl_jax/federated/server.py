@@ -2,6 +2,7 @@
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -26,3 +27,19 @@ def apply_update(state: ServerState, mean_update, optimizer) -> ServerState:
   pseudo_gradient = jax.tree.map(lambda u: -u, mean_update)
   updates, opt_state = optimizer.update(pseudo_gradient, state.opt_state, state.params)
   return ServerState(optax.apply_updates(state.params, updates), opt_state)
+
+
+def optimizer_from_config(block) -> optax.GradientTransformation:
+  """The optimizer a config block names (`config.local_optimizer` or `config.server_optimizer`):
+  its `name`, `learning_rate` and any other field as a keyword (`momentum` for sgd only)."""
+  kwargs = {k: v for k, v in block.items() if k not in ("name", "learning_rate")}
+  if block.name != "sgd":
+    kwargs.pop("momentum", None)
+  return make_optimizer(block.name, block.learning_rate, **kwargs)
+
+
+def initial_state(config, model) -> ServerState:
+  """The global model before round 1: `model` initialised from config.seed, fresh optimizer."""
+  size = config.dataset.image_size
+  params = model.module.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)))
+  return init_state(params, optimizer_from_config(config.server_optimizer))

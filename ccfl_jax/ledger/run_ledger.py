@@ -3,7 +3,9 @@
 Fresh run or resume, the same call:
 
     run = open_run_ledger(run_dir, seed, num_hospitals, difficulty=8, num_verifiers=3,
-                          consensus=ConsensusRule(gamma=0.5, rule="median_mad", k=3.0))
+                          consensus=ConsensusRule(gamma=0.5, rule="median_mad", k=3.0),
+                          keys="random", keystore=None,   # config ledger.keys / .keystore
+                          config_sha256=text_sha256(config_json_text))
     run = register_data(run, [DataRegistration(h, "ct_slices", patients, slices, manifest_sha)
                               for h ...])                   # idempotent; before round 0
 
@@ -18,13 +20,22 @@ loop's orbax step after round r is r + 1):
         submitted updates' norms and cosines = consensus.median_cosines(updates) (None
         unless the rule's direction check is on)
     ... if this round checkpoints: checkpointing.save(..., r + 1, ...) and wait for it
-    run = record_round(run, r, sampled=sampled, update_digests=[update_digest(d) for d in
-                       the clipped per-hospital deltas], local_maes=self_mae, mae_matrix=mae,
-                       vote_scores=scores, update_norms=norms, cosines=cosines,
-                       accepted=keep, epsilon=eps, delta=delta,
-                       sigma=sigma, clip_norm=S,
-                       checkpoint_dir=run_dir / "checkpoints" / str(r + 1) or None,
-                       params_digest=update_digest(global_params))
+    run = record_round(run, r, roles,
+                       RoundEvidence(sampled, update_digests=[update_digest(d) for d in the
+                                     clipped per-hospital deltas], local_maes=self_mae,
+                                     mae_matrix=mae, vote_scores=scores, accepted=keep,
+                                     update_norms=norms, cosines=cosines),
+                       GlobalModelRecord(eps, delta, sigma, S,
+                                         checkpoint_dir=run_dir / "checkpoints" / str(r + 1)
+                                         or None, params_digest=update_digest(global_params),
+                                         metrics_sha256=text_sha256(metrics_line)))
+
+with metrics_line the round's metrics.jsonl line as written, without its newline. At the
+end, once summary.json, summary.md and curves.png are written:
+
+    run = close_run(run, {"summary.json": run_dir / "summary.json", ...,
+                          "config.json": run_dir / "config.json",
+                          "checkpoints/40": run_dir / "checkpoints" / "40"})
 
 One block per round, [round_start, local_update x m_t, vote x verifiers, global_model],
 validated (validate.append) before it is written: a record that breaks a rule is never
@@ -46,23 +57,32 @@ whose model state was never checkpointed (checkpoints every few rounds). Then:
 rollback_to_round never edits a file: it appends a `truncate` record (store.py), so the
 dropped blocks stay on disk and the audit shows that a rollback happened.
 
-Simulation note: this process holds every hospital's signing key (derived from the seed,
-identity.py); in a deployment each hospital would sign its own transactions.
+Keys (keystore.py). A fresh run draws random keys for its hospitals (keys="random"), saves
+the private keys in the keystore under a random run id and publishes the public keys and
+the run id in the genesis block; a resume loads them from there. keys="pem" reads
+hospital_<h>.pem from the folder `keystore` (a deployment's own keys); keys="derived"
+derives them from the seed (reproducible, proves nothing: verify says so). Simulation note:
+this process still holds every hospital's signing key; in a deployment each hospital would
+sign its own transactions (audit.py argues what that changes).
 """
 import dataclasses
+import os
 import pathlib
+import secrets
 from typing import Sequence
 
 import numpy as np
 
 from ccfl_jax.ledger import block as block_lib
 from ccfl_jax.ledger import identity as identity_lib
+from ccfl_jax.ledger import keystore as keystore_lib
 from ccfl_jax.ledger import store
 from ccfl_jax.ledger import transactions as tx_lib
 from ccfl_jax.ledger import validate
 from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
 from ccfl_jax.ledger.consensus import ConsensusRule
-from ccfl_jax.ledger.digests import checkpoint_digest, update_digest  # noqa: F401  (API)
+from ccfl_jax.ledger.digests import (UnsafePath, checkpoint_digest, confined_checkpoint,
+                                     file_sha256, update_digest)  # noqa: F401  (API)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +94,7 @@ class RunLedger:
   num_verifiers: int
   next_seq: int
   last_record_sha256: str
+  config_sha256: str | None = None  # the config in force, recorded in every round's block
 
   @property
   def ids(self) -> tuple[str, ...]:
@@ -107,33 +128,105 @@ def manifest_sha256(manifest) -> str:
   return sha256_hex(canonical_json(manifest))
 
 
+def text_sha256(text: str) -> str:
+  """sha256 of text's UTF-8 bytes: a metrics.jsonl line (without its newline), config.json."""
+  return sha256_hex(text.encode("utf-8"))
+
+
 def open_run_ledger(run_dir, seed: int, num_hospitals: int,
                     difficulty: int = block_lib.DEFAULT_DIFFICULTY, num_verifiers: int = 3,
-                    consensus: ConsensusRule = ConsensusRule()) -> RunLedger:
-  """A fresh run's ledger (genesis block registers every hospital) or the run's existing one.
+                    consensus: ConsensusRule = ConsensusRule(), keys: str = "random",
+                    keystore=None, config_sha256: str | None = None) -> RunLedger:
+  """A fresh run's ledger (genesis block: every hospital registered, then the run's id, config
+  sha256 and key kind) or the run's existing one.
 
-  An existing ledger is read, every record and block checked (signatures, links, proof of
-  work, rules; checkpoints are re-hashed by audit.verify_run, not here), and its registered
-  hospitals must be the ones (seed, num_hospitals) derive. Its difficulty is the genesis
-  block's, whatever `difficulty` says.
+  keys: "random" (fresh keys, private keys saved under keystore/<run id>; keystore None:
+  keystore.default_root()), "pem" (keystore = a folder of hospital_<h>.pem) or "derived"
+  (from the seed). An existing ledger is read, every record and block checked (signatures,
+  links, proof of work, rules; checkpoints are re-hashed by audit.verify_run, not here); its
+  key kind must be `keys`, its hospitals num_hospitals, and their private keys are loaded
+  (KeystoreError naming the folder when missing). Its difficulty is the genesis block's,
+  whatever `difficulty` says. config_sha256 is the config now in force (recorded in the
+  genesis block of a fresh run and in every round's block).
   """
   run_dir = pathlib.Path(run_dir)
-  hospitals = tuple(identity_lib.hospital_identity(seed, h) for h in range(num_hospitals))
   records = store.read_records(store.ledger_dir(run_dir))
-  blocks = store.chain_blocks(records)
-  ledger = validate.replay(blocks, blocks[0].difficulty if blocks else difficulty)
-  run = RunLedger(run_dir, ledger, hospitals, consensus, min(num_verifiers, num_hospitals),
-                  len(records), records[-1].record_sha256 if records else
-                  store.GENESIS_RECORD_HASH)
-  if not blocks:
-    ids = run.ids
-    leader, _ = identity_lib.round_leader_and_verifiers(block_lib.SETUP_ROUND, ids, 1)
-    return _commit(run, block_lib.SETUP_ROUND, leader,
-                   [tx_lib.register_hospital(h) for h in hospitals])
-  if set(ledger.state.keys) != set(run.ids):
-    raise ValueError(f"{store.ledger_dir(run_dir)} registers other hospitals than seed {seed} "
-                     f"and {num_hospitals} hospitals give: a different run?")
-  return run
+  ledger = validate.replay_records(records)
+  if not ledger.blocks:
+    return _open_fresh(run_dir, seed, num_hospitals, difficulty, num_verifiers, consensus, keys,
+                       keystore, config_sha256)
+  hospitals = _resumed_keys(ledger, run_dir, seed, num_hospitals, keys, keystore)
+  return RunLedger(run_dir, ledger, hospitals, consensus, min(num_verifiers, num_hospitals),
+                   len(records), records[-1].record_sha256, config_sha256)
+
+
+def _open_fresh(run_dir, seed, num_hospitals, difficulty, num_verifiers, consensus, keys,
+                keystore, config_sha256) -> RunLedger:
+  if keys not in tx_lib.KEY_MODES:
+    raise ValueError(f"ledger keys {keys!r}: expected one of {tx_lib.KEY_MODES}")
+  if keys == "derived":
+    # Reproducible on purpose: same seed, same blocks (tests, benchmarks).
+    run_id = sha256_hex(f"ccfl-run-id:{seed}".encode())[:32]
+    hospitals = tuple(identity_lib.hospital_identity(seed, h) for h in range(num_hospitals))
+  elif keys == "pem":
+    run_id = secrets.token_hex(16)
+    hospitals = keystore_lib.load_keys(_pem_folder(keystore), num_hospitals)
+  else:
+    run_id = secrets.token_hex(16)
+    hospitals = tuple(identity_lib.generate_identity() for _ in range(num_hospitals))
+    keystore_lib.save_run_keys(keystore, run_id, hospitals, run_dir)  # before the ledger names them
+  run = RunLedger(run_dir, validate.empty_ledger(difficulty), hospitals, consensus,
+                  min(num_verifiers, num_hospitals), 0, store.GENESIS_RECORD_HASH, config_sha256)
+  leader_id, _ = identity_lib.round_leader_and_verifiers(block_lib.SETUP_ROUND, run.ids, 1)
+  leader = hospitals[run.ids.index(leader_id)]
+  return _commit(run, block_lib.SETUP_ROUND, leader_id,
+                 [tx_lib.register_hospital(h) for h in hospitals]
+                 + [tx_lib.open_run(leader, run_id, config_sha256, keys)])
+
+
+def _pem_folder(keystore) -> pathlib.Path:
+  if keystore in (None, ""):
+    raise keystore_lib.KeystoreError("ledger.keys=pem needs ledger.keystore: the folder of "
+                                     "hospital_<h>.pem files")
+  return pathlib.Path(keystore).expanduser()
+
+
+def registered_public_keys(ledger: validate.Ledger) -> tuple[bytes, ...]:
+  """The hospitals' public keys in registration order (= hospital index)."""
+  return tuple(bytes.fromhex(t.body["public_key"]) for b in ledger.blocks
+               for t in b.transactions if t.kind == "register_hospital")
+
+
+def _resumed_keys(ledger, run_dir, seed, num_hospitals, keys, keystore):
+  """The private keys of an existing run, checked against the ones its genesis registers."""
+  state, where = ledger.state, store.ledger_dir(run_dir)
+  registered = registered_public_keys(ledger)
+  if len(registered) != num_hospitals:
+    raise ValueError(f"{where} registers {len(registered)} hospitals, not {num_hospitals}: "
+                     "a different run?")
+  if state.key_mode != keys:
+    raise ValueError(f"{where} was made with ledger.keys={state.key_mode}, not {keys}: a run "
+                     "keeps the keys it started with")
+  if keys == "derived":
+    hospitals = tuple(identity_lib.hospital_identity(seed, h) for h in range(num_hospitals))
+    if tuple(h.public_key for h in hospitals) != registered:
+      raise ValueError(f"{where} registers other hospitals than seed {seed} and "
+                       f"{num_hospitals} hospitals give: a different run?")
+    return hospitals
+  folder = (_pem_folder(keystore) if keys == "pem"
+            else keystore_lib.run_folder(keystore, state.run_id))
+  try:
+    hospitals = keystore_lib.load_keys(folder, num_hospitals)
+  except keystore_lib.KeystoreError as error:
+    raise keystore_lib.KeystoreError(
+        f"cannot resume {run_dir}: the private keys of run {state.run_id} are not readable "
+        f"({error}); set ledger.keystore (or {keystore_lib.ENV_VAR}) to the keystore that holds "
+        f"{state.run_id}/ (the run still verifies without it)") from None
+  for h, (hospital, public_key) in enumerate(zip(hospitals, registered)):
+    if hospital.public_key != public_key:
+      raise keystore_lib.KeystoreError(f"{keystore_lib.key_file(folder, h)} is not the key "
+                                       f"{where} registers for hospital {h}")
+  return hospitals
 
 
 def _commit(run: RunLedger, round_index: int, leader: str, transactions) -> RunLedger:
@@ -176,42 +269,71 @@ def last_recorded_round(run: RunLedger) -> int:
   return run.ledger.state.last_round
 
 
-def record_round(run: RunLedger, round_index: int, *, sampled: Sequence[int],
-                 update_digests: Sequence[str], local_maes, mae_matrix, vote_scores, accepted,
-                 epsilon: float, delta: float, sigma: float, clip_norm: float,
-                 checkpoint_dir=None, params_digest: str | None = None, update_norms=None,
-                 cosines=None) -> RunLedger:
+@dataclasses.dataclass(frozen=True)
+class RoundEvidence:
+  """What the round computed that its block records, one row per sampled hospital.
+
+  sampled: hospital indices, the row order of every other field; update_digests: sha256 of
+  each clipped update (digests.update_digest); local_maes: each author's MAE on its own
+  validation batch; mae_matrix: [len(sampled), num_verifiers], columns in the round's
+  RoundRoles.verifiers order; vote_scores: eq. 15; accepted: consensus.decide; update_norms,
+  cosines: what the rule's update checks read, or None where not measured (recorded in every
+  vote).
+  """
+  sampled: tuple[int, ...]
+  update_digests: tuple[str, ...]
+  local_maes: np.ndarray
+  mae_matrix: np.ndarray
+  vote_scores: np.ndarray
+  accepted: np.ndarray
+  update_norms: np.ndarray | None = None
+  cosines: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalModelRecord:
+  """The round's global model as the block records it: privacy spent and where it lies.
+
+  checkpoint_dir: the orbax step folder holding this round's global model, or None in a
+  round without a checkpoint, when params_digest (the global params' sha256) stands in.
+  metrics_sha256 covers the round's metrics.jsonl line (verify checks it line by line).
+  """
+  epsilon: float
+  delta: float
+  sigma: float
+  clip_norm: float
+  checkpoint_dir: pathlib.Path | None = None
+  params_digest: str | None = None
+  metrics_sha256: str | None = None  # text_sha256 of the round's metrics.jsonl line
+  config_sha256: str | None = None   # None: the RunLedger's config_sha256
+
+
+def record_round(run: RunLedger, round_index: int, roles: RoundRoles, evidence: RoundEvidence,
+                 model: GlobalModelRecord) -> RunLedger:
   """Append and persist round `round_index`'s block (see module docstring).
 
-  sampled: hospital indices, in the row order of the other arguments; mae_matrix:
-  [len(sampled), num_verifiers], columns in round_roles(run, round).verifiers order;
-  accepted: boolean [len(sampled)] (consensus.decide); update_norms, cosines: [len(sampled)]
-  or None, what the rule's update checks read (recorded in every vote); checkpoint_dir: the orbax step
-  folder holding this round's global model, or None in a round without a checkpoint.
+  `roles` are those handed out before the round (round_roles); a block naming other roles
+  than the ledger's own is refused when it is validated. A closed run (close_run) is
+  reopened first by a signed truncation of its closing block.
   """
-  transactions = round_transactions(
-      run, round_index, sampled=sampled, update_digests=update_digests, local_maes=local_maes,
-      mae_matrix=mae_matrix, vote_scores=vote_scores, update_norms=update_norms,
-      cosines=cosines, accepted=accepted, epsilon=epsilon,
-      delta=delta, sigma=sigma, clip_norm=clip_norm, checkpoint_dir=checkpoint_dir,
-      params_digest=params_digest)
+  if run.ledger.state.closed:
+    run = _truncate(run, len(run.ledger.blocks) - 1, "run resumed after its closing block")
+  transactions = round_transactions(run, round_index, roles, evidence, model)
   return _commit(run, round_index, transactions[0].author, transactions)
 
 
-def round_transactions(run: RunLedger, round_index: int, *, sampled, update_digests, local_maes,
-                       mae_matrix, vote_scores, accepted, epsilon, delta, sigma, clip_norm,
-                       checkpoint_dir=None, params_digest=None, update_norms=None,
-                       cosines=None) -> list[tx_lib.Transaction]:
+def round_transactions(run: RunLedger, round_index: int, roles: RoundRoles,
+                       evidence: RoundEvidence,
+                       model: GlobalModelRecord) -> list[tx_lib.Transaction]:
   """The signed transactions of a round block, in block order (pure but for hashing files)."""
-  roles = round_roles(run, round_index)
   hospitals = run.hospitals
-  sampled = [int(h) for h in sampled]
+  sampled = [int(h) for h in evidence.sampled]
   sampled_ids = [hospitals[h].node_id for h in sampled]
-  mae_matrix, vote_scores = np.asarray(mae_matrix), np.asarray(vote_scores)
-  accepted = np.asarray(accepted, bool)
+  mae_matrix, vote_scores = np.asarray(evidence.mae_matrix), np.asarray(evidence.vote_scores)
+  accepted = np.asarray(evidence.accepted, bool)
   missing = np.full(len(sampled), np.nan)
-  update_norms = missing if update_norms is None else np.asarray(update_norms)
-  cosines = missing if cosines is None else np.asarray(cosines)
+  update_norms = missing if evidence.update_norms is None else np.asarray(evidence.update_norms)
+  cosines = missing if evidence.cosines is None else np.asarray(evidence.cosines)
   if mae_matrix.shape != (len(sampled), len(roles.verifiers)):
     raise ValueError(f"mae_matrix {mae_matrix.shape}, expected "
                      f"({len(sampled)}, {len(roles.verifiers)}) = (sampled, verifiers)")
@@ -220,40 +342,86 @@ def round_transactions(run: RunLedger, round_index: int, *, sampled, update_dige
                                      [hospitals[v].node_id for v in roles.verifiers],
                                      run.consensus.to_json())]
   transactions += [tx_lib.local_update(hospitals[h], round_index, digest, mae)
-                   for h, digest, mae in zip(sampled, update_digests, np.asarray(local_maes))]
+                   for h, digest, mae in zip(sampled, evidence.update_digests,
+                                             np.asarray(evidence.local_maes))]
   transactions += [tx_lib.vote(hospitals[v], round_index,
                                zip(sampled_ids, mae_matrix[:, column], vote_scores,
                                    update_norms, cosines, accepted))
                    for column, v in enumerate(roles.verifiers)]
   transactions.append(tx_lib.global_model(
-      leader, round_index, _checkpoint_entry(run.run_dir, checkpoint_dir), params_digest,
-      epsilon, delta, sigma, clip_norm, len(sampled),
-      [i for i, keep in zip(sampled_ids, accepted) if keep]))
+      leader, round_index, _checkpoint_entry(run.run_dir, model.checkpoint_dir),
+      model.params_digest, model.epsilon, model.delta, model.sigma, model.clip_norm,
+      len(sampled), [i for i, keep in zip(sampled_ids, accepted) if keep],
+      model.metrics_sha256, model.config_sha256 or run.config_sha256))
   return transactions
+
+
+def _relative(run_dir: pathlib.Path, path) -> str:
+  """path relative to run_dir, lexically (symlinks are not followed but refused elsewhere)."""
+  try:
+    return pathlib.Path(os.path.abspath(path)).relative_to(os.path.abspath(run_dir)).as_posix()
+  except ValueError:
+    raise UnsafePath(f"{path} lies outside the run folder {run_dir}") from None
 
 
 def _checkpoint_entry(run_dir: pathlib.Path, checkpoint_dir) -> dict | None:
   if checkpoint_dir is None:
     return None
-  checkpoint_dir = pathlib.Path(checkpoint_dir)
-  whole, files = checkpoint_digest(checkpoint_dir)
-  try:
-    path = checkpoint_dir.resolve().relative_to(run_dir.resolve()).as_posix()
-  except ValueError:
-    raise ValueError(f"checkpoint {checkpoint_dir} lies outside the run folder {run_dir}") from None
+  path = _relative(run_dir, checkpoint_dir)
+  whole, files = checkpoint_digest(confined_checkpoint(run_dir, path))
   return {"path": path, "sha256": whole, "files": files}
+
+
+def _truncate(run: RunLedger, keep: int, reason: str) -> RunLedger:
+  """Persist a truncate record, signed by the next round's leader, keeping `keep` blocks."""
+  signer_id = validate.truncation_signer(run.ledger, keep)
+  signer = run.hospitals[run.ids.index(signer_id)]
+  signature = identity_lib.sign(signer, validate.truncation_message(run.ledger, keep, reason))
+  truncation = store.Truncation(keep, reason, signer_id, signature)
+  ledger = validate.truncate(run.ledger, truncation)  # checked before it is written
+  record = store.write_record(store.ledger_dir(run.run_dir), run.next_seq,
+                              run.last_record_sha256, truncation)
+  return dataclasses.replace(run, ledger=ledger, next_seq=run.next_seq + 1,
+                             last_record_sha256=record.record_sha256)
 
 
 def rollback_to_round(run: RunLedger, round_index: int,
                       reason: str = "resume from an earlier checkpoint") -> RunLedger:
-  """Drop the blocks of rounds after `round_index` (-1: every round) by a truncate record."""
-  keep = sum(1 for b in run.ledger.blocks if b.round <= round_index)
-  if keep == len(run.ledger.blocks):
+  """Drop the blocks of rounds after `round_index` (-1: every round) by a signed truncate
+  record; a closing block goes with them (kept when no round is dropped)."""
+  if round_index >= run.ledger.state.last_round:
     return run
-  record = store.write_record(store.ledger_dir(run.run_dir), run.next_seq,
-                              run.last_record_sha256, store.Truncation(keep, reason))
-  return dataclasses.replace(run, ledger=validate.truncated(run.ledger, keep),
-                             next_seq=run.next_seq + 1, last_record_sha256=record.record_sha256)
+  keep = sum(1 for b in run.ledger.blocks
+             if block_lib.SETUP_ROUND <= b.round <= round_index)
+  return _truncate(run, keep, reason)
+
+
+def close_run(run: RunLedger, files: dict) -> RunLedger:
+  """Append the closing block: sha256 of each output file and digest of each checkpoint folder.
+
+  files: {name: path}, name the path relative to the run folder (e.g. "summary.json",
+  "checkpoints/40"), path where it is (must be run_dir / name). Folders must be
+  checkpoints/<step>. Closing again with the same digests is a no-op; with others (outputs
+  rewritten by a rerun) the old closing block is dropped by a signed truncation first.
+  """
+  digests, checkpoints = {}, {}
+  for name, path in files.items():
+    if _relative(run.run_dir, path) != name:
+      raise ValueError(f"close_run: {name!r} must name {path} relative to {run.run_dir}")
+    if pathlib.Path(path).is_dir():
+      checkpoints[name] = _checkpoint_entry(run.run_dir, path)
+    else:
+      digests[name] = file_sha256(path)
+  rounds = run.ledger.state.last_round + 1
+  if run.ledger.state.closed:
+    last = run.ledger.blocks[-1].transactions[0].body
+    if last == {"rounds": rounds, "files": digests, "checkpoints": checkpoints}:
+      return run
+    run = _truncate(run, len(run.ledger.blocks) - 1, "outputs rewritten after the run closed")
+  leader_id, _ = identity_lib.round_leader_and_verifiers(rounds, run.ids, 1)
+  leader = run.hospitals[run.ids.index(leader_id)]
+  return _commit(run, block_lib.CLOSING_ROUND, leader_id,
+                 [tx_lib.close_run(leader, rounds, digests, checkpoints)])
 
 
 def checkpoint_steps(checkpoint_root) -> tuple[int, ...]:
@@ -278,18 +446,22 @@ def plan_resume(run: RunLedger, checkpoint_root) -> ResumePlan:
   """Which checkpoint to restore and what to discard (see module docstring).
 
   Raises ValueError if a recorded checkpoint's bytes no longer match its block: that is
-  tampering or corruption, not a crash.
+  tampering or corruption, not a crash; UnsafePath (a ValueError) if checkpoint_root is not
+  <run>/checkpoints or a checkpoint folder is, or holds, a symlink.
   """
   root = pathlib.Path(checkpoint_root)
+  if _relative(run.run_dir, root) != "checkpoints":
+    raise UnsafePath(f"checkpoints must be {run.run_dir / 'checkpoints'}, not {root}")
   recorded = recorded_checkpoints(run.ledger)
   best, unrecorded = (None, -1), []
   for step in checkpoint_steps(root):
-    path = (root / str(step)).resolve().relative_to(run.run_dir.resolve()).as_posix()
+    path = f"checkpoints/{step}"
+    step_dir = confined_checkpoint(run.run_dir, path)
     if path not in recorded:
       unrecorded.append(step)
       continue
     round_index, entry = recorded[path]
-    if checkpoint_digest(root / str(step))[0] != entry["sha256"]:
+    if checkpoint_digest(step_dir)[0] != entry["sha256"]:
       raise ValueError(f"checkpoint {path} does not match the ledger's block of round "
                        f"{round_index}: run `python -m ccfl_jax.ledger verify {run.run_dir}`")
     if round_index > best[1]:

@@ -59,15 +59,34 @@ def synthetic_round(run: run_lib.RunLedger, round_index: int, hospitals_per_roun
                         accepted)
 
 
-def round_arguments(r: SyntheticRound, epsilon: float, checkpoint_dir=None) -> dict:
-  """record_round's keyword arguments for a synthetic round."""
-  return dict(sampled=r.sampled, update_digests=[update_digest(u) for u in r.updates],
-              local_maes=r.local_maes, mae_matrix=r.mae_matrix, vote_scores=r.vote_scores,
-              update_norms=r.update_norms, cosines=r.cosines,
-              accepted=r.accepted, epsilon=epsilon, delta=1e-5, sigma=1.0, clip_norm=1.0,
-              checkpoint_dir=checkpoint_dir, params_digest=update_digest(r.updates[0]))
+def evidence(r: SyntheticRound) -> run_lib.RoundEvidence:
+  """What record_round records of a synthetic round."""
+  return run_lib.RoundEvidence(
+      r.sampled, tuple(update_digest(u) for u in r.updates), r.local_maes, r.mae_matrix,
+      r.vote_scores, r.accepted, r.update_norms, r.cosines)
+
+
+def model_record(r: SyntheticRound, epsilon: float,
+                 checkpoint_dir=None) -> run_lib.GlobalModelRecord:
+  """A synthetic round's global-model record (sigma = S = 1, delta = 1e-5)."""
+  return run_lib.GlobalModelRecord(epsilon, 1e-5, 1.0, 1.0, checkpoint_dir,
+                                   update_digest(r.updates[0]))
+
+
+def round_records(r: SyntheticRound, epsilon: float, checkpoint_dir=None, **changes):
+  """(evidence, model record) of a synthetic round, with fields of either replaced by `changes`."""
+  evidence_fields = {f.name for f in dataclasses.fields(run_lib.RoundEvidence)}
+  unknown = set(changes) - evidence_fields - {
+      f.name for f in dataclasses.fields(run_lib.GlobalModelRecord)}
+  if unknown:
+    raise TypeError(f"no such round record field(s): {sorted(unknown)}")
+  return (dataclasses.replace(evidence(r), **{k: v for k, v in changes.items()
+                                              if k in evidence_fields}),
+          dataclasses.replace(model_record(r, epsilon, checkpoint_dir),
+                              **{k: v for k, v in changes.items() if k not in evidence_fields}))
 
 
 def record_synthetic_round(run: run_lib.RunLedger, round_index: int, r: SyntheticRound,
                            epsilon: float, checkpoint_dir=None) -> run_lib.RunLedger:
-  return run_lib.record_round(run, round_index, **round_arguments(r, epsilon, checkpoint_dir))
+  return run_lib.record_round(run, round_index, run_lib.round_roles(run, round_index),
+                              evidence(r), model_record(r, epsilon, checkpoint_dir))

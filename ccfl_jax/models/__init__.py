@@ -3,14 +3,19 @@
 Adding a model is adding a module `ccfl_jax/models/<name>.py` that defines
 
   * `Model`: a `flax.linen.Module` whose `__call__(images, train: bool = False)` takes
-    NHWC float32 images in [0, 1] and returns the model's outputs (any pytree);
+    NHWC float32 images in [0, 1] and returns the model's outputs (any pytree); it is
+    registered under the module's name. A module holding a family of models (one ResNet
+    with several depths) defines `MODELS = {registered name: constructor}` instead;
   * optionally `loss(outputs, images, labels) -> (B,)` per-example loss and
     `probabilities(outputs) -> (B, num_classes)` class probabilities. Models that
-    return logits get softmax cross-entropy and softmax from here.
+    return logits get softmax cross-entropy and softmax from here;
+  * optionally `TINY_KWARGS`: constructor arguments of a version small enough for a
+    seconds-long test (for a `MODELS` module, a dict keyed by registered name).
 
-Every public module of this package is a model; reusable layers live in the
-`ccfl_jax.models.layers` subpackage. `Model` is built from the config's `model` block
-(every field but `name` is passed as a keyword argument).
+Every public module of this package is a model (or a family); reusable layers live in the
+`ccfl_jax.models.layers` subpackage, pretrained weights and their readers in
+`ccfl_jax.models.weights`. The model is built from the config's `model` block (every
+field but `name` is passed as a keyword argument): `from_config(config)`.
 """
 import dataclasses
 import importlib
@@ -41,22 +46,57 @@ def softmax_probabilities(logits):
   return jax.nn.softmax(logits, axis=-1)
 
 
+def _model_modules():
+  """The public, non-package modules of this package, imported."""
+  return [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
+          if not m.ispkg and not m.name.startswith("_")]
+
+
+def _registry() -> dict[str, tuple[Any, Callable[..., nn.Module]]]:
+  """Registered name -> (its module, its constructor)."""
+  registry = {}
+  for module in _model_modules():
+    short_name = module.__name__.rsplit(".", 1)[-1]
+    family = getattr(module, "MODELS", None) or {short_name: module.Model}
+    for name, constructor in family.items():
+      registry[name] = (module, constructor)
+  return registry
+
+
 def model_names() -> tuple[str, ...]:
-  """Names of the registered models: the public, non-package modules of this package."""
-  return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)
-                      if not m.ispkg and not m.name.startswith("_")))
+  """Names of the registered models."""
+  return tuple(sorted(_registry()))
 
 
 def get_model(name: str, **kwargs) -> ModelSpec:
   """Builds the model registered as `name` with keyword arguments `kwargs`."""
-  if name not in model_names():
+  registry = _registry()
+  if name not in registry:
     raise ValueError(
-        f"config.model.name: unknown model {name!r}; choose one of {', '.join(model_names())}")
-  module = importlib.import_module(f"{__name__}.{name}")
+        f"config.model.name: unknown model {name!r}; choose one of {', '.join(sorted(registry))}")
+  module, constructor = registry[name]
   return ModelSpec(
-      module=module.Model(**kwargs),
+      module=constructor(**kwargs),
       loss=getattr(module, "loss", softmax_cross_entropy),
       probabilities=getattr(module, "probabilities", softmax_probabilities))
+
+
+def tiny_kwargs(name: str) -> dict:
+  """Constructor arguments of a seconds-long version of model `name` (its TINY_KWARGS)."""
+  module, _ = _registry()[name]
+  tiny = getattr(module, "TINY_KWARGS", {})
+  return dict(tiny.get(name, {})) if hasattr(module, "MODELS") else dict(tiny)
+
+
+def model_kwargs(config) -> dict:
+  """The constructor arguments in a config's `model` block (lists become tuples)."""
+  return {k: tuple(v) if isinstance(v, list) else v
+          for k, v in config.model.items() if k != "name"}
+
+
+def from_config(config) -> ModelSpec:
+  """The model a run config names, `config.model`."""
+  return get_model(config.model.name, **model_kwargs(config))
 
 
 def parameter_count(params) -> int:

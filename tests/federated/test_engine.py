@@ -78,8 +78,8 @@ def test_each_hospital_is_clipped_on_its_own_update(hospital_data):
   mesh = mesh_lib.hospital_mesh(2)
   new_state, out = engine.compiled_round(settings, mesh, "unroll")(
       state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, jax.random.key(1))
-  hospital_fn = client.make_hospital_update(settings.model, settings.local_optimizer, 3, 4, True,
-                                            1e-3)
+  hospital_fn = client.make_hospital_update(
+      client.LocalSettings(settings.model, settings.local_optimizer, 3, 4, True, 1e-3))
   keys = engine.hospital_keys(jax.random.key(1), jnp.asarray(SAMPLED))
   device_data = jax.tree.map(jnp.asarray, hospital_data)
   expected_norms = [hospital_fn(state.params, device_data.images[h], device_data.labels[h],

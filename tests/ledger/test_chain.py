@@ -28,9 +28,9 @@ def run(tmp_path):
 
 def round_two(run, **changes):
   """The honest transactions of round 2, with record_round arguments replaced by `changes`."""
-  arguments = simulate.round_arguments(simulate.synthetic_round(run, 2, PER_ROUND, poisoned=()),
-                                       epsilon=1.5)
-  return run_ledger.round_transactions(run, 2, **{**arguments, **changes})
+  records = simulate.round_records(simulate.synthetic_round(run, 2, PER_ROUND, poisoned=()),
+                                   epsilon=1.5, **changes)
+  return run_ledger.round_transactions(run, 2, run_ledger.round_roles(run, 2), *records)
 
 
 def seal(run, transactions, round_index=2, **header):
@@ -101,20 +101,18 @@ def epsilon_decreasing(run):
 
 
 def consensus_overruled(run):
-  arguments = simulate.round_arguments(simulate.synthetic_round(run, 2, PER_ROUND), epsilon=1.5)
-  scores = np.array(arguments["vote_scores"])
+  synthetic = simulate.synthetic_round(run, 2, PER_ROUND)
+  scores = np.array(synthetic.vote_scores)
   scores[0] += 5.0  # an update far outside median + k * MAD ...
-  mae = np.array(arguments["mae_matrix"])
+  mae = np.array(synthetic.mae_matrix)
   mae[0] += 5.0
-  txs = run_ledger.round_transactions(run, 2, **{**arguments, "vote_scores": scores,
-                                                 "mae_matrix": mae,
-                                                 "accepted": np.ones(PER_ROUND, bool)})
+  txs = round_two(run, vote_scores=scores, mae_matrix=mae, accepted=np.ones(PER_ROUND, bool))
   return txs, "rejects"  # ... that the leader and verifiers nevertheless accept
 
 
 def scores_not_from_maes(run):
-  arguments = simulate.round_arguments(simulate.synthetic_round(run, 2, PER_ROUND), epsilon=1.5)
-  return round_two(run, vote_scores=np.array(arguments["vote_scores"]) * 0.5), "eq. 15"
+  synthetic = simulate.synthetic_round(run, 2, PER_ROUND)
+  return round_two(run, vote_scores=np.array(synthetic.vote_scores) * 0.5), "eq. 15"
 
 
 def global_model_by_non_leader(run):

@@ -133,16 +133,17 @@ def test_resume_refuses_a_tampered_checkpoint(tmp_path):
 def test_update_checks_are_recorded_and_enforced(tmp_path):
   rule = consensus.ConsensusRule(max_norm_ratio=3.0, direction_k=2.0)
   run = open_run(tmp_path, consensus=rule)
-  arguments = simulate.round_arguments(simulate.synthetic_round(run, 0, PER_ROUND), epsilon=0.1)
+  synthetic = simulate.synthetic_round(run, 0, PER_ROUND)
+  roles = run_ledger.round_roles(run, 0)
   norms = np.array([1.0, 30.0, 1.1], np.float32)  # the second hospital scaled its update
   cosines = np.array([0.6, 0.5, 0.55], np.float32)
-  decided = np.asarray(consensus.decide(arguments["vote_scores"], norms, cosines, rule))
+  decided = np.asarray(consensus.decide(synthetic.vote_scores, norms, cosines, rule))
   assert decided.tolist() == [True, False, True]
   with pytest.raises(validate.LedgerRefusal, match="rejects .*update norm 30"):
-    run_ledger.record_round(run, 0, **{**arguments, "update_norms": norms, "cosines": cosines,
-                                       "accepted": np.ones(PER_ROUND, bool)})
-  run = run_ledger.record_round(run, 0, **{**arguments, "update_norms": norms,
-                                           "cosines": cosines, "accepted": decided})
+    run_ledger.record_round(run, 0, roles, *simulate.round_records(
+        synthetic, 0.1, update_norms=norms, cosines=cosines, accepted=np.ones(PER_ROUND, bool)))
+  run = run_ledger.record_round(run, 0, roles, *simulate.round_records(
+      synthetic, 0.1, update_norms=norms, cosines=cosines, accepted=decided))
   votes = run.ledger.blocks[-1].transactions[1 + PER_ROUND].body["votes"]
   assert [v["norm"] for v in votes] == pytest.approx(norms.tolist())
   assert [v["cosine"] for v in votes] == pytest.approx(cosines.tolist())

@@ -1,5 +1,4 @@
 """The capsule models and the Inception-V3 extractor: sizes pinned, training vmapped."""
-import importlib
 import math
 
 import jax
@@ -8,15 +7,12 @@ import numpy as np
 import optax
 import pytest
 
-from ccfl_jax.models import get_model, model_names
+from ccfl_jax.federated import client
+from ccfl_jax.models import get_model, model_names, tiny_kwargs
 from ccfl_jax.models.layers.inception import InceptionV3Features
 
 CAPSULE_AND_INCEPTION_MODELS = ("capsnet", "iv3_capsule", "iv3_mlp")
 KERAS_INCEPTION_V3_CONV_WEIGHTS = 21_751_136  # include_top=False, 3-channel input
-
-
-def tiny_kwargs(name):
-  return importlib.import_module(f"ccfl_jax.models.{name}").TINY_KWARGS
 
 
 def count_parameters(module, image_size):
@@ -56,19 +52,9 @@ def test_parameter_counts_are_pinned(name, kwargs, image_size, expected):
   assert count_parameters(get_model(name, **kwargs).module, image_size) == expected
 
 
-def hospital_step(spec, optimizer):
-  """One local SGD step of one hospital: the unit the federated round maps over hospitals."""
-  def step(params, images, labels):
-    def mean_loss(p):
-      return jnp.mean(spec.loss(spec.module.apply(p, images, train=True), images, labels))
-    loss, grads = jax.value_and_grad(mean_loss)(params)
-    updates, _ = optimizer.update(grads, optimizer.init(params), params)
-    return optax.apply_updates(params, updates), loss, grads
-  return step
-
-
 def init_and_step_hospitals(spec, num_hospitals):
-  """Per-hospital parameters, one vmapped SGD step, class probabilities: one compilation.
+  """Per-hospital parameters, one local SGD step of the federated client
+  (client.local_training) vmapped over hospitals, class probabilities: one compilation.
 
   (Each compilation costs seconds on this CPU, so the test compiles once; the hospitals'
   parameters are scaled copies of one initialization so that they differ.)
@@ -77,11 +63,16 @@ def init_and_step_hospitals(spec, num_hospitals):
     params = spec.module.init(key, images[0])
     params = jax.tree.map(lambda leaf: jnp.stack([(1 + 0.1 * h) * leaf
                                                   for h in range(num_hospitals)]), params)
-    new_params, losses, grads = jax.vmap(hospital_step(spec, optax.sgd(0.1)))(params, images,
-                                                                              labels)
+    count = jnp.int32(images.shape[1])
+    train = lambda p, x, y, k: client.local_training(
+        p, x, y, count, k, model=spec, optimizer=optax.sgd(0.1), local_steps=1,
+        batch_size=x.shape[0], unroll=True)
+    keys = jax.random.split(jax.random.fold_in(key, 1), num_hospitals)
+    new_params, losses = jax.vmap(train)(params, images, labels, keys)
+    updates = jax.tree.map(jnp.subtract, new_params, params)
     first_hospital = jax.tree.map(lambda leaf: leaf[0], new_params)
     probabilities = spec.probabilities(spec.module.apply(first_hospital, images[0]))
-    return params, new_params, losses, grads, probabilities
+    return params, new_params, losses, updates, probabilities
   return jax.jit(run)
 
 
@@ -93,12 +84,12 @@ def test_vmapped_over_hospitals(name):
   spec = get_model(name, **tiny_kwargs(name))
   images = jax.random.uniform(jax.random.key(0), (num_hospitals, batch, 32, 32, 1))
   labels = jnp.array([[0, 1, 1, 0], [1, 1, 0, 0]])
-  params, new_params, losses, grads, probabilities = init_and_step_hospitals(
+  params, new_params, losses, updates, probabilities = init_and_step_hospitals(
       spec, num_hospitals)(jax.random.key(1), images, labels)
   assert losses.shape == (num_hospitals,) and np.all(np.isfinite(losses))
-  for leaf in jax.tree.leaves(grads):
+  for leaf in jax.tree.leaves(updates):  # one SGD step: the update is -0.1 x the gradient
     assert leaf.shape[0] == num_hospitals and np.all(np.isfinite(leaf))
-  assert any(not np.allclose(g[0], g[1]) for g in jax.tree.leaves(grads))
+  assert any(not np.allclose(u[0], u[1]) for u in jax.tree.leaves(updates))
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params),
                                                    jax.tree.leaves(new_params)))
   assert probabilities.shape == (batch, 2)

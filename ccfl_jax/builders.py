@@ -1,0 +1,48 @@
+"""The factory layer: a run config -> the objects a round needs (no loop, no I/O).
+
+`config.model` -> models.from_config; `config.*_optimizer` -> server.optimizer_from_config;
+the global model before round 1 -> server.initial_state. Here: the round's settings, the
+consensus rule and attack it runs with, the device mesh and the engine that maps hospitals.
+"""
+from ccfl_jax import configuration, models
+from ccfl_jax.federated import attacks, engine, mesh as mesh_lib, server
+from ccfl_jax.ledger.consensus import ConsensusRule
+
+
+def consensus_rule(config) -> ConsensusRule | None:
+  """The MAE vote the ledger records (eqs. 14-15); None without a ledger: every update counts."""
+  if not config.ledger.enabled:
+    return None
+  return ConsensusRule(**config.ledger.consensus.to_dict())
+
+
+def attack(config) -> attacks.Attack:
+  return attacks.Attack(config.attack.kind, config.attack.num_malicious, config.attack.scale)
+
+
+def round_settings(config, model: models.ModelSpec) -> engine.RoundSettings:
+  unroll = config.engine.unroll_local_steps
+  return engine.RoundSettings(
+      model=model, local_optimizer=server.optimizer_from_config(config.local_optimizer),
+      server_optimizer=server.optimizer_from_config(config.server_optimizer),
+      local_steps=config.local_steps, batch_size=config.batch_size,
+      clip_norm=config.privacy.clip_norm, noise_multiplier=config.privacy.noise_multiplier,
+      unroll_local_steps=(mesh_lib.default_unroll_local_steps() if unroll == "auto"
+                          else configuration.as_bool(unroll)),
+      consensus=consensus_rule(config), validation_size=config.ledger.validation_size,
+      attack=attack(config), return_updates=config.ledger.enabled)
+
+
+def hospital_axis(config, model: models.ModelSpec) -> str:
+  """config.engine.hospital_axis, with 'auto' resolved for this backend and model."""
+  if config.engine.hospital_axis != "auto":
+    return config.engine.hospital_axis
+  return mesh_lib.default_hospital_axis(models.uses_convolutions(model, config.dataset.image_size))
+
+
+def build_round(config, model: models.ModelSpec, mesh):
+  """run_round(state, data, sampled, key, verifiers) of the engine config.engine.kind names."""
+  settings = round_settings(config, model)
+  if config.engine.kind == "sequential":
+    return engine.sequential_round(settings)
+  return engine.compiled_round(settings, mesh, hospital_axis(config, model))

@@ -1,0 +1,166 @@
+"""What a run leaves on disk, and how a rerun resumes from it: config, metrics, checkpoints,
+ledger blocks. The training loop hands each finished round to `RunRecorder.record` and reads
+nothing back but `restore`.
+
+With config.ledger.enabled (the default) every run keeps an audit ledger in
+`<run_dir>/ledger` (ccfl_jax/ledger/run_ledger.py): a setup block registers each hospital's
+data (patient and slice counts and the sha256 of its manifest, never data), and every round
+appends one block with the round's sampled hospitals, the digest of each clipped update,
+the eq. 14 MAEs and eq. 15 votes the compiled round computed, the accepted set and the
+global model. A round that checkpoints writes its orbax checkpoint first and records its
+sha256 in the block; a round without a checkpoint (checkpoint_every > 1) records the sha256
+of the global params instead (digests.update_digest). On resume the ledger decides which
+checkpoint is trustworthy (plan_resume): checkpoints no block vouches for are deleted and
+blocks after the restored round are rolled back, then those rounds are recomputed.
+"""
+import dataclasses
+import json
+import logging
+import pathlib
+
+import jax
+import numpy as np
+
+from ccfl_jax import checkpointing, reporting, tree_util
+from ccfl_jax.ledger import run_ledger, store as ledger_store
+from ccfl_jax.ledger.consensus import ConsensusRule
+from ccfl_jax.ledger.digests import update_digest
+
+LOG = logging.getLogger("ccfl_jax")
+
+
+def data_registrations(slices, hospital_indices) -> list[run_ledger.DataRegistration]:
+  """What the ledger learns of each hospital's data: counts and a manifest digest.
+
+  The manifest is the hospital's sorted (patient id, slice count) pairs; only its sha256 is
+  published, so an auditor holding the manifest can check it, and nobody else learns it.
+  """
+  registrations = []
+  for h, index in enumerate(hospital_indices):
+    patients, counts = np.unique(slices.patient_ids[index].astype(str), return_counts=True)
+    manifest = [[p, int(c)] for p, c in zip(patients.tolist(), counts)]
+    registrations.append(run_ledger.DataRegistration(
+        h, "ct_slices", len(patients), int(len(index)), run_ledger.manifest_sha256(manifest)))
+  return registrations
+
+
+def _as_list(values):
+  return None if values is None else np.asarray(values).tolist()
+
+
+def vote_record(sampled: np.ndarray, out) -> dict:
+  """Per-round metrics of the vote and of the attack (malicious = the attack's hospitals)."""
+  accepted = np.asarray(out.accepted, bool)
+  malicious = np.asarray(out.malicious, bool)
+  return dict(
+      accepted=sampled[accepted].tolist(), rejected=sampled[~accepted].tolist(),
+      malicious_accepted=int(np.sum(malicious & accepted)),
+      malicious_rejected=int(np.sum(malicious & ~accepted)),
+      honest_rejected=int(np.sum(~malicious & ~accepted)),
+      vote_scores=_as_list(out.vote_scores), update_norms=_as_list(out.update_norm),
+      cosines=_as_list(out.cosines))
+
+
+def round_evidence(sampled: np.ndarray, out, publish_norms: bool) -> run_ledger.RoundEvidence:
+  """The ledger's view of a round's output (host arrays). A hospital's pre-clipping norm is
+  published only where the magnitude check needs it: like the MAEs, it is not covered by
+  the DP guarantee (ledger/consensus.py)."""
+  return run_ledger.RoundEvidence(
+      tuple(int(h) for h in sampled), tuple(update_digest(u) for u in tree_util.unstack(out.updates)),
+      np.asarray(out.self_mae), np.asarray(out.mae), np.asarray(out.vote_scores),
+      np.asarray(out.accepted), np.asarray(out.update_norm) if publish_norms else None,
+      None if out.cosines is None else np.asarray(out.cosines))
+
+
+def _read_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
+  """Metrics of the rounds a checkpoint covers; later lines (after a crash) are recomputed."""
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if r["round"] <= rounds_done]
+
+
+def _open_ledger(config, run_dir: pathlib.Path, manager, registrations):
+  """The run's ledger, opened (or reloaded and verified) with the hospitals' data registered,
+  and the orbax step to restore (None: initial model), per run_ledger's resume plan."""
+  if not config.ledger.enabled:
+    return None, manager.latest_step()
+  fresh = not ledger_store.ledger_dir(run_dir).exists()
+  if fresh and manager.latest_step() is not None:
+    # Deleting checkpoints nobody vouches for would destroy a run made without a ledger.
+    raise ValueError(f"{run_dir} has checkpoints but no ledger: it was made with "
+                     f"ledger.enabled=False; resume it so, or use another run_name")
+  c = config.ledger
+  run = run_ledger.open_run_ledger(run_dir, config.seed, config.num_hospitals,
+                                   difficulty=c.difficulty, num_verifiers=c.num_verifiers,
+                                   consensus=ConsensusRule(**c.consensus.to_dict()))
+  run = run_ledger.register_data(run, registrations)
+  plan = run_ledger.plan_resume(run, run_dir / "checkpoints")
+  for step in plan.unrecorded_steps:  # written just before a crash, never recorded
+    LOG.info("deleting checkpoint %d: no ledger block vouches for it", step)
+    manager.delete(step)
+  run = run_ledger.rollback_to_round(run, plan.restore_round,
+                                     reason=f"resume from checkpoint {plan.restore_step}")
+  return run, plan.restore_step
+
+
+@dataclasses.dataclass
+class RunRecorder:
+  """A run folder's writer: opened once per process, then one `record` per finished round."""
+  config: object
+  run_dir: pathlib.Path
+  manager: object                    # orbax CheckpointManager
+  ledger: run_ledger.RunLedger | None
+  restore_step: int | None           # what `restore` loads (None: the initial model)
+  records: list = dataclasses.field(default_factory=list)  # metrics lines, one per round
+
+  @classmethod
+  def open(cls, config, run_dir, registrations) -> "RunRecorder":
+    """Writes config.json, opens the checkpoints and the ledger and plans the resume."""
+    run_dir = pathlib.Path(run_dir)
+    checkpointing.write_config(run_dir, config)
+    manager = checkpointing.checkpoint_manager(run_dir, config.max_checkpoints_to_keep)
+    ledger, restore_step = _open_ledger(config, run_dir, manager, registrations)
+    return cls(config, run_dir, manager, ledger, restore_step)
+
+  @property
+  def metrics_path(self) -> pathlib.Path:
+    return self.run_dir / "metrics.jsonl"
+
+  def restore(self, initial_state):
+    """(state, rounds done, m_t of every round done) to continue from; rewrites metrics.jsonl
+    to the lines of those rounds."""
+    state, rounds_done, history = initial_state, 0, []
+    if self.restore_step is not None:
+      state, rounds_done, history = checkpointing.restore(self.manager, initial_state,
+                                                          self.config.seed, self.restore_step)
+      LOG.info("resuming %s after round %d", self.run_dir, rounds_done)
+    self.records = _read_metrics(self.metrics_path, rounds_done)
+    self.metrics_path.write_text("".join(reporting.json_text(r) + "\n" for r in self.records))
+    return state, rounds_done, history
+
+  def roles(self, round_index: int) -> run_ledger.RoundRoles | None:
+    """The round's leader and verifiers, handed out before the round (None without a ledger)."""
+    return None if self.ledger is None else run_ledger.round_roles(self.ledger, round_index)
+
+  def record(self, round_index: int, roles, sampled, out, state, record: dict,
+             history) -> None:
+    """Metrics line, then the checkpoint if due (before the block: the block carries its
+    sha256), then the ledger block."""
+    self.records.append(record)
+    with self.metrics_path.open("a") as f:
+      f.write(reporting.json_text(record) + "\n")
+    rounds_done = round_index + 1
+    checkpoint_dir = None
+    if rounds_done % self.config.checkpoint_every == 0 or rounds_done == self.config.num_rounds:
+      checkpointing.save(self.manager, state, rounds_done, self.config.seed, history)
+      checkpoint_dir = self.run_dir / "checkpoints" / str(rounds_done)
+    if self.ledger is None:
+      return
+    p = self.config.privacy
+    evidence = round_evidence(sampled, jax.device_get(out),
+                              publish_norms=self.config.ledger.consensus.max_norm_ratio > 0)
+    model = run_ledger.GlobalModelRecord(
+        record["epsilon"], p.delta, p.noise_multiplier, p.clip_norm, checkpoint_dir,
+        None if checkpoint_dir is not None else update_digest(state.params))
+    self.ledger = run_ledger.record_round(self.ledger, round_index, roles, evidence, model)
