@@ -1,19 +1,25 @@
-"""A run's orbax checkpoint next to its ledger entry.
+r"""A run's orbax checkpoint next to its ledger entry.
 
-  python tools/inspect_checkpoint.py results/<run> [--round N]
+  python tools/inspect_checkpoint.py results/<run> [--round=N]
+  python tools/inspect_checkpoint.py --run=results/<run> [--round=N]
 
---round N picks the folder checkpoints/N (the global model after N rounds: the training loop
-saves step = rounds done, recorded in the ledger block of round index N - 1); default: the
-latest folder present. Prints the tree (path, shape, dtype, parameter count, bytes) read
-from orbax metadata without restoring arrays, then the ledger's global_model entry for that
-folder: whether the folder's sha256 still matches, epsilon and delta spent, sigma, S, and
-the hospitals accepted that round.
+Prints the checkpoint's tree, one line per array: its path (['params']['params']['conv0']
+['kernel'] for a model's weights; 'opt_state', 'round', 'seed' and 'hospitals_per_round'
+are the rest of the run state), shape, dtype, number of values and bytes, then the totals
+of the model's parameters ('params') and of the whole checkpoint. The tree is read from
+orbax's metadata: no array is restored, so this is quick for any model. Then the ledger's
+global_model entry for that checkpoint: whether the folder's sha256 still matches, epsilon
+and delta spent, sigma, S, and the hospitals accepted that round.
+
+The checkpoint in checkpoints/N holds the global model after N rounds (the training loop
+saves step = rounds done, recorded in the ledger block of round index N - 1).
+Exit status: 0 shown, 1 no such checkpoint (or an unreadable one).
 """
-import argparse
 import logging
 import pathlib
 import sys
 
+from absl import app, flags
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -22,18 +28,62 @@ from ccfl_jax.ledger import audit
 from ccfl_jax.ledger import run_ledger
 from ccfl_jax.ledger.digests import checkpoint_sha256
 
+PROGRAM = "inspect_checkpoint"
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The tool's flags, on `flag_values` (absl's global FLAGS for the command line)."""
+  flags.DEFINE_string(
+      "run", None, "Run folder, e.g. results/fed9 (the folder holding checkpoints/ and "
+      "ledger/). May be given instead as the first positional argument.",
+      flag_values=flag_values)
+  flags.DEFINE_integer(
+      "round", None, "Which checkpoint: checkpoints/<round>, the global model after that "
+      "many rounds. Default: the latest one present.", lower_bound=0, flag_values=flag_values)
+
+
+def checkpoint_tree(step_dir: pathlib.Path):
+  """The saved tree's metadata (shapes and dtypes, no arrays) of orbax folder `step_dir`.
+
+  orbax 0.12.8 needs an absolute path here: for a relative one its OCDBT read spec raises
+  "Checkpoint path should be absolute", which `Checkpointer.metadata` catches and logs as a
+  warning, returning a StepMetadata with `item_metadata=None` -- flattened, an empty tree
+  ("total 0 0 B" for `results/fed9`). So the path is made absolute first, and a missing tree
+  is an error rather than an empty listing.
+  """
+  item_dir = pathlib.Path(step_dir).absolute() / "default"
+  metadata = ocp.StandardCheckpointer().metadata(item_dir)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  if tree is None:
+    raise ValueError(f"{item_dir}: orbax found no tree metadata (_METADATA) in this checkpoint")
+  return tree
+
+
+def _leaf_row(path, leaf) -> tuple[str, tuple, np.dtype, int]:
+  shape = tuple(int(n) for n in getattr(leaf, "shape", ()))
+  dtype = np.dtype(getattr(leaf, "dtype", "float32"))
+  return jax.tree_util.keystr(path), shape, dtype, int(np.prod(shape, dtype=np.int64))
+
+
+def _line(name: str, shape: str, dtype: str, count: int, size: int) -> str:
+  return f"  {name:<60} {shape:<18} {dtype:<8} {count:>12,} {size:>14,} B"
+
 
 def tree_lines(step_dir: pathlib.Path) -> list[str]:
-  metadata = ocp.StandardCheckpointer().metadata(step_dir / "default")
-  leaves = jax.tree_util.tree_flatten_with_path(getattr(metadata, "item_metadata", metadata))[0]
-  lines, total_count, total_bytes = [], 0, 0
-  for path, leaf in leaves:
-    shape, dtype = tuple(getattr(leaf, "shape", ())), np.dtype(getattr(leaf, "dtype", "float32"))
-    count = int(np.prod(shape, dtype=np.int64))
-    total_count, total_bytes = total_count + count, total_bytes + count * dtype.itemsize
-    lines.append(f"  {jax.tree_util.keystr(path):<60} {str(shape):<18} {dtype.name:<8} "
-                 f"{count:>10,} {count * dtype.itemsize:>12,} B")
-  lines.append(f"  {'total':<60} {'':<18} {'':<8} {total_count:>10,} {total_bytes:>12,} B")
+  """One line per array (path, shape, dtype, count, bytes), then the params and total sums."""
+  leaves = jax.tree_util.tree_flatten_with_path(checkpoint_tree(step_dir))[0]
+  rows = [_leaf_row(path, leaf) for path, leaf in leaves]
+  lines = [f"  {'path':<60} {'shape':<18} {'dtype':<8} {'values':>12} {'bytes':>16}"]
+  lines += [_line(name, str(shape), dtype.name, count, count * dtype.itemsize)
+            for name, shape, dtype, count in rows]
+  params = [(count, count * dtype.itemsize) for name, _, dtype, count in rows
+            if name.startswith("['params']")]
+  lines.append(_line(f"model parameters ({len(params)} arrays)", "", "",
+                     sum(c for c, _ in params), sum(b for _, b in params)))
+  lines.append(_line(f"total ({len(rows)} arrays)", "", "",
+                     sum(count for *_, count in rows),
+                     sum(count * dtype.itemsize for _, _, dtype, count in rows)))
   return lines
 
 
@@ -60,26 +110,56 @@ def ledger_lines(run_dir: pathlib.Path, step_dir: pathlib.Path) -> list[str]:
           + " ".join(names.get(h, h[:8]) for h in body["accepted"])]
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("run_dir", type=pathlib.Path)
-  parser.add_argument("--round", type=int, default=None, help="checkpoint step (rounds done)")
-  args = parser.parse_args(argv)
+def inspect(run_dir, round_: int | None = None) -> int:
+  """Prints checkpoint `round_` (default: the latest) of `run_dir` and its ledger entry."""
+  run_dir = pathlib.Path(run_dir)
   logging.getLogger("absl").setLevel(logging.ERROR)  # orbax warns about optional metadata
-  steps = run_ledger.checkpoint_steps(args.run_dir / "checkpoints")
-  step = steps[-1] if steps and args.round is None else args.round
+  steps = run_ledger.checkpoint_steps(run_dir / "checkpoints")
+  step = steps[-1] if steps and round_ is None else round_
   if step is None or step not in steps:
-    print(f"no checkpoint {'' if step is None else step} in {args.run_dir}/checkpoints "
+    print(f"no checkpoint {'' if step is None else step} in {run_dir}/checkpoints "
           f"(present: {list(steps)})")
     return 1
-  step_dir = args.run_dir / "checkpoints" / str(step)
-  print(f"checkpoint {step_dir}")
-  print("\n".join(tree_lines(step_dir)))
+  step_dir = run_dir / "checkpoints" / str(step)
+  print(f"checkpoint {step_dir} (the global model after {step} rounds)")
+  try:
+    print("\n".join(tree_lines(step_dir)))
+  except (ValueError, OSError) as error:
+    print(f"  unreadable: {error}")
+    return 1
   print("ledger")
-  print("\n".join(ledger_lines(args.run_dir, step_dir)))
+  print("\n".join(ledger_lines(run_dir, step_dir)))
   return 0
 
 
+def _run_dir(flag_values: flags.FlagValues, positional: list[str]) -> str:
+  if len(positional) > 1 or (positional and flag_values.run):
+    raise app.UsageError(f"one run folder, please; got {' '.join(positional)}"
+                         + (f" and --run={flag_values.run}" if flag_values.run else ""))
+  if not positional and not flag_values.run:
+    raise app.UsageError("give the run folder: inspect_checkpoint.py results/<run> [--round=N]")
+  return positional[0] if positional else flag_values.run
+
+
+def main(argv: list[str]) -> int:
+  """The tool on `argv` (its arguments without the program name, e.g. [run, "--round", "2"]),
+  parsed on flags of its own so it can be called repeatedly (tests); returns the exit status."""
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  positional = flag_values([PROGRAM, *argv])[1:]
+  return inspect(_run_dir(flag_values, positional), flag_values.round)
+
+
+def _app_main(argv: list[str]) -> None:
+  sys.exit(inspect(_run_dir(flags.FLAGS, argv[1:]), flags.FLAGS.round))
+
+
+def cli() -> None:
+  """Command-line entry (absl: --help lists the flags)."""
+  define_flags()
+  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: no JAX/orbax INFO lines
+  app.run(_app_main)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  cli()
