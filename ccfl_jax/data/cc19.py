@@ -9,11 +9,17 @@ Each preprocessing setting (image size, window, on_bad_file) and each version of
 folder's content is its own builder config, so a change rebuilds instead of serving stale
 slices. Prepared data lives in `config.dataset.tfds_data_dir`, or when that is '' in
 `<preprocessing cache>/tensorflow_datasets` (see `ccfl_jax.data.cache`); delete it to clear.
+
+tensorflow-datasets is the optional extra `cc19` (`pip install -e ".[cc19]"`): this module
+imports it only when a CC-19 builder is first needed, so the package imports without it, and
+choosing `cc19` without it stops with one line naming the extra (`require_tfds`).
 """
+import functools
+
 from etils import epath
 import numpy as np
-import tensorflow_datasets as tfds
 
+from ccfl_jax.configuration import ConfigError
 from ccfl_jax.data import cache, dicom
 from ccfl_jax.data.errors import DataError, SkippedFile
 from ccfl_jax.data.real_slices import RealSlices
@@ -29,29 +35,20 @@ _CITATION = """@article{kumar2021blockchain,
   journal={IEEE Sensors Journal}, year={2021}}"""
 
 
-class Cc19Config(tfds.core.BuilderConfig):
-  """The preprocessing a prepared copy of CC-19 was made with."""
-
-  def __init__(self, *, image_size: int = 64, window_level: float = -600.0,
-               window_width: float = 1500.0, on_bad_file: str = "error", **kwargs):
-    super().__init__(**kwargs)
-    self.image_size = image_size
-    self.window_level = window_level
-    self.window_width = window_width
-    self.on_bad_file = on_bad_file
-
-  def preprocessing_params(self) -> dict:
-    return {"image_size": int(self.image_size), "window_level": float(self.window_level),
-            "window_width": float(self.window_width), "on_bad_file": str(self.on_bad_file)}
+CC19_EXTRA = 'pip install -e ".[cc19]"'
 
 
-class Cc19(tfds.core.GeneratorBasedBuilder):
-  """CC-19 lung CT slices with patient ids, labels and (when given) the official split."""
+def require_tfds():
+  """tensorflow_datasets, or a one-line ConfigError naming the `cc19` extra when absent."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConfigError("the cc19 dataset needs tensorflow-datasets, the optional extra `cc19`: "
+                      f"{CC19_EXTRA}") from None
+  return tfds
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: lung-windowed slices from the DICOM series."}
-  BUILDER_CONFIGS = [Cc19Config(name="default", description="64x64, lung window -600/1500 HU")]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """
   CC-19 cannot be downloaded automatically. Download the DICOM files ("DCM Files") linked from
   https://github.com/abdkhanstd/COVID-19 (the archive password is given there), extract them,
   and pass the extracted folder as the manual dir (config.dataset.path). It must hold either
@@ -62,77 +59,118 @@ class Cc19(tfds.core.GeneratorBasedBuilder):
       folder per patient holding that patient's DICOM series.
   """
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # tfds's own lookup of this file touches `importlib_resources`, which tensorflow-datasets
-    # 4.9.10 does not install; the answer is simply this module.
-    return epath.Path(__file__)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(size, size, 1), dtype=np.float32),
-            "label": tfds.features.ClassLabel(names=["non_covid", "covid"]),
-            "patient_id": tfds.features.Tensor(shape=(), dtype=np.str_),
-            "site": tfds.features.Tensor(shape=(), dtype=np.str_),
-            "source_path": tfds.features.Tensor(shape=(), dtype=np.str_),
-            "slice_position": tfds.features.Tensor(shape=(), dtype=np.float32),
-            "slice_thickness": tfds.features.Tensor(shape=(), dtype=np.float32),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/abdkhanstd/COVID-19",
-        citation=_CITATION,
-        metadata=tfds.core.MetadataDict(),
-    )
+@functools.cache
+def builder_classes():
+  """(Cc19Config, Cc19), defined (and registered with tfds as 'cc19') on first use."""
+  tfds = require_tfds()
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    slices = dicom.read_labelled_tree(dl_manager.manual_dir,
-                                      self.builder_config.preprocessing_params())
-    # Recorded in the prepared dataset so a later read still reports what was left out.
-    self.info.metadata["skipped"] = [[s.path, s.problem] for s in slices.skipped]
-    self.info.metadata["has_official_split"] = slices.split is not None
-    split_names = slices.split if slices.split is not None else np.full(len(slices), "train")
-    split_names = np.asarray([name or "train" for name in split_names])
-    return {name: self._generate_examples(slices, np.flatnonzero(split_names == name))
-            for name in sorted(set(split_names))}
+  class Cc19Config(tfds.core.BuilderConfig):
+    """The preprocessing a prepared copy of CC-19 was made with."""
 
-  def _generate_examples(self, slices: RealSlices, indices: np.ndarray):
-    for i in indices:
-      yield int(i), {
-          "image": slices.images[i],
-          "label": int(slices.labels[i]),
-          "patient_id": str(slices.patient_ids[i]),
-          "site": "" if slices.site is None else str(slices.site[i]),
-          "source_path": str(slices.source_paths[i]),
-          "slice_position": np.float32(slices.slice_positions[i]),
-          "slice_thickness": np.float32(slices.slice_thickness[i]),
-      }
+    def __init__(self, *, image_size: int = 64, window_level: float = -600.0,
+                 window_width: float = 1500.0, on_bad_file: str = "error", **kwargs):
+      super().__init__(**kwargs)
+      self.image_size = image_size
+      self.window_level = window_level
+      self.window_width = window_width
+      self.on_bad_file = on_bad_file
+
+    def preprocessing_params(self) -> dict:
+      return {"image_size": int(self.image_size), "window_level": float(self.window_level),
+              "window_width": float(self.window_width), "on_bad_file": str(self.on_bad_file)}
+
+  class Cc19(tfds.core.GeneratorBasedBuilder):
+    """CC-19 lung CT slices with patient ids, labels and (when given) the official split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: lung-windowed slices from the DICOM series."}
+    BUILDER_CONFIGS = [Cc19Config(name="default", description="64x64, lung window -600/1500 HU")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+      # tfds's own lookup of this file touches `importlib_resources`, which tensorflow-datasets
+      # 4.9.10 does not install; the answer is simply this module.
+      return epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+      size = self.builder_config.image_size
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=_DESCRIPTION,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Tensor(shape=(size, size, 1), dtype=np.float32),
+              "label": tfds.features.ClassLabel(names=["non_covid", "covid"]),
+              "patient_id": tfds.features.Tensor(shape=(), dtype=np.str_),
+              "site": tfds.features.Tensor(shape=(), dtype=np.str_),
+              "source_path": tfds.features.Tensor(shape=(), dtype=np.str_),
+              "slice_position": tfds.features.Tensor(shape=(), dtype=np.float32),
+              "slice_thickness": tfds.features.Tensor(shape=(), dtype=np.float32),
+          }),
+          supervised_keys=("image", "label"),
+          homepage="https://github.com/abdkhanstd/COVID-19",
+          citation=_CITATION,
+          metadata=tfds.core.MetadataDict(),
+      )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+      slices = dicom.read_labelled_tree(dl_manager.manual_dir,
+                                        self.builder_config.preprocessing_params())
+      # Recorded in the prepared dataset so a later read still reports what was left out.
+      self.info.metadata["skipped"] = [[s.path, s.problem] for s in slices.skipped]
+      self.info.metadata["has_official_split"] = slices.split is not None
+      split_names = slices.split if slices.split is not None else np.full(len(slices), "train")
+      split_names = np.asarray([name or "train" for name in split_names])
+      return {name: self._generate_examples(slices, np.flatnonzero(split_names == name))
+              for name in sorted(set(split_names))}
+
+    def _generate_examples(self, slices: RealSlices, indices: np.ndarray):
+      for i in indices:
+        yield int(i), {
+            "image": slices.images[i],
+            "label": int(slices.labels[i]),
+            "patient_id": str(slices.patient_ids[i]),
+            "site": "" if slices.site is None else str(slices.site[i]),
+            "source_path": str(slices.source_paths[i]),
+            "slice_position": np.float32(slices.slice_positions[i]),
+            "slice_thickness": np.float32(slices.slice_thickness[i]),
+        }
+
+  return Cc19Config, Cc19
 
 
-def builder_config(dataset_config, source_digest: str) -> Cc19Config:
+def __getattr__(name: str):
+  """`cc19.Cc19` and `cc19.Cc19Config`, built on first access (see builder_classes)."""
+  if name in ("Cc19Config", "Cc19"):
+    return dict(zip(("Cc19Config", "Cc19"), builder_classes()))[name]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def builder_config(dataset_config, source_digest: str):
   """The builder config of this preprocessing and this content of the manual folder."""
   params = dicom.preprocessing_params(dataset_config)
   level = f"{params['window_level']:g}".replace("-", "m").replace(".", "p")
   width = f"{params['window_width']:g}".replace(".", "p")
   name = (f"s{params['image_size']}_l{level}_w{width}_{params['on_bad_file']}_"
           f"{source_digest[:12]}")
-  return Cc19Config(name=name, description="preprocessing and content of the manual folder",
-                    **params)
+  config_class, _ = builder_classes()
+  return config_class(name=name, description="preprocessing and content of the manual folder",
+                      **params)
 
 
-def prepared_builder(dataset_config) -> Cc19:
+def prepared_builder(dataset_config):
   """The CC-19 builder for this config, prepared (built on first use) in the array_record format."""
+  tfds = require_tfds()
+  _, builder_class = builder_classes()
   manual_dir = dicom.check_folder(dataset_config.path)
   cache_dir = dataset_config.get("cache_dir", "")
   data_dir = dataset_config.get("tfds_data_dir", "") or (
       cache.cache_root(cache_dir) / "tensorflow_datasets")
   digest = cache.sources_digest(manual_dir, cache.files_under(manual_dir), cache_dir)
-  builder = Cc19(config=builder_config(dataset_config, digest), data_dir=str(data_dir),
-                 file_format="array_record")
+  builder = builder_class(config=builder_config(dataset_config, digest), data_dir=str(data_dir),
+                          file_format="array_record")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   return builder
