@@ -6,7 +6,9 @@ built and raises `ConfigError` naming the field and what was expected.
 """
 import difflib
 import importlib.util
+import inspect
 import pathlib
+import re
 
 import ml_collections
 
@@ -26,16 +28,18 @@ def load_config_file(path) -> ml_collections.ConfigDict:
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.run_name = "default"
-  c.results_dir = "results"
-  c.seed = 0
+  c.run_name = "default"          # the run folder: <results_dir>/<run_name>
+  c.results_dir = "runs"          # where runs go (untracked; committed results: results/)
+  c.seed = 0                      # data, partition, init, sampling, batches and noise
+  c.resume_force = False          # resume a run folder made with another config (refused
+  # otherwise); epsilon then charges each round at the sigma it ran with
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "phantom"      # phantom | dicom | image_folder | cc19
   c.dataset.path = ""             # folder of a real dataset (not used by phantom)
   c.dataset.image_size = 32       # slices are resized to image_size x image_size
   c.dataset.window_level = -600.0  # lung window, Hounsfield units
-  c.dataset.window_width = 1500.0
+  c.dataset.window_width = 1500.0  # lung window width, Hounsfield units
   c.dataset.on_bad_file = "error"  # error | skip (skipped files are counted in the summary)
   c.dataset.cache_dir = ""        # preprocessed-array cache; "" = the user's cache dir
   c.dataset.tfds_data_dir = ""    # cc19: prepared tfds data; "" = <cache dir>/tensorflow_datasets
@@ -50,27 +54,28 @@ def default_config() -> ml_collections.ConfigDict:
   c.partition.use_official_split = True  # real data with a split column: train -> hospitals
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "small_cnn"
+  c.model.name = "small_cnn"      # a registered model (`python -m ccfl_jax.main list`); the
+  # block's other fields are its constructor's arguments
 
   c.num_hospitals = 9             # H
   c.hospitals_per_round = 9       # m_t, sampled without replacement each round
-  c.num_rounds = 40
+  c.num_rounds = 40               # federated rounds (a rerun with more extends the run)
   c.local_steps = 10              # K local optimizer steps per round
-  c.batch_size = 32
+  c.batch_size = 32               # local batch size B
 
   c.local_optimizer = ml_collections.ConfigDict()
   c.local_optimizer.name = "adam"  # any optax optimizer taking learning_rate; reset each round
-  c.local_optimizer.learning_rate = 0.003
+  c.local_optimizer.learning_rate = 0.003  # local learning rate
   c.local_optimizer.momentum = 0.9  # sgd only
 
   c.server_optimizer = ml_collections.ConfigDict()
   c.server_optimizer.name = "fedavg"  # fedavg (= sgd, lr 1) | sgd | adam | ...
-  c.server_optimizer.learning_rate = 1.0
+  c.server_optimizer.learning_rate = 1.0  # server learning rate (ignored by fedavg)
 
   c.privacy = ml_collections.ConfigDict()
   c.privacy.clip_norm = 2.0       # S
   c.privacy.noise_multiplier = 0.1  # sigma: noise std on the sum is sigma * S
-  c.privacy.delta = 1e-5
+  c.privacy.delta = 1e-5          # epsilon is reported at this delta
 
   c.engine = ml_collections.ConfigDict()
   c.engine.kind = "compiled"      # compiled | sequential
@@ -89,24 +94,55 @@ def default_config() -> ml_collections.ConfigDict:
   c.ledger.consensus.rule = "median_mad"  # median_mad | absolute
   c.ledger.consensus.k = 3.0      # median_mad: reject score > median + k * MAD
   c.ledger.consensus.absolute_threshold = 0.5  # absolute: reject score > threshold
-  c.ledger.consensus.mad_floor = 1e-3
+  c.ledger.consensus.mad_floor = 1e-3  # smallest MAD median_mad divides by
   # Update checks beyond eqs. 14-15 (ledger/consensus.py), 0 = off: reject an update whose
   # cosine with the coordinate-wise median update is below both median - direction_k * MAD
   # and direction_cosine, or whose submitted norm exceeds max_norm_ratio * the round's median.
-  c.ledger.consensus.direction_k = 0.0
-  c.ledger.consensus.direction_cosine = 0.2
-  c.ledger.consensus.max_norm_ratio = 0.0
+  c.ledger.consensus.direction_k = 0.0  # direction check: MADs below the median cosine
+  c.ledger.consensus.direction_cosine = 0.2  # direction check: and below this cosine
+  c.ledger.consensus.max_norm_ratio = 0.0  # magnitude check: norm over this x median
 
   # Simulated poisoning (federated/attacks.py): hospitals 0 .. num_malicious - 1 attack.
   c.attack = ml_collections.ConfigDict()
   c.attack.kind = "none"          # none | sign_flip | scale | gaussian_noise | label_flip
-  c.attack.num_malicious = 0
+  c.attack.num_malicious = 0      # hospitals 0 .. num_malicious - 1 attack
   c.attack.scale = 10.0           # scale attack: the factor on Δw before the server clips
 
-  c.eval_batch_size = 256
-  c.checkpoint_every = 5
-  c.max_checkpoints_to_keep = 3
+  c.eval_batch_size = 256         # slices per evaluation batch
+  c.checkpoint_every = 5          # rounds between checkpoints (and always the last)
+  c.max_checkpoints_to_keep = 3   # older checkpoints are deleted
   return c
+
+
+def field_docs() -> dict[str, str]:
+  """config field -> its one-line documentation: the comment beside it in default_config."""
+  docs, comment_above = {}, []
+  for line in inspect.getsource(default_config).splitlines():
+    stripped = line.strip()
+    if stripped.startswith("#"):
+      comment_above.append(stripped.lstrip("# "))
+      continue
+    match = re.match(r"c\.([\w.]+) = (.*?)(?:\s+#\s*(.*))?$", stripped)
+    if match and not match.group(2).startswith("ml_collections.ConfigDict"):
+      docs[match.group(1)] = match.group(3) or " ".join(comment_above)
+    comment_above = [] if not stripped.startswith("#") else comment_above
+  return docs
+
+
+def describe_fields() -> list[tuple[str, object, str]]:
+  """(field, default, doc) for every field of the schema, in schema order."""
+  docs = field_docs()
+  flat = []
+
+  def walk(block, prefix):
+    for key, value in block.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, f"{prefix}{key}.")
+      else:
+        flat.append((f"{prefix}{key}", value, docs.get(f"{prefix}{key}", "")))
+
+  walk(default_config(), "")
+  return flat
 
 
 UNROLL_CHOICES = ("auto", "true", "false")

@@ -64,7 +64,8 @@ def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshol
   _, patient_labels, patient_scores = inference.patient_level(
       slices.patient_ids, slices.labels, probabilities, top_fraction)
   return dict(
-      run=str(run_dir), round=rounds_done, model=config.model.name, data=data_spec,
+      run=str(run_dir), round=rounds_done, model=config.model.name,
+      trained_on=inference.trained_on(config), data=data_spec,
       split=split or "all", threshold=threshold,
       preprocessing={k: config.dataset[k] for k in ("image_size", "window_level", "window_width")},
       slices=len(slices), patients=len(patient_labels),
@@ -83,8 +84,10 @@ def default_output_path(run_dir, report: dict) -> pathlib.Path:
 
 def format_report(report: dict) -> str:
   """A small table of the slice and patient metrics."""
-  lines = [f"run {report['run']} round {report['round']} ({report['model']}) on {report['data']} "
-           f"[{report['split']}]: {report['slices']} slices, {report['patients']} patients",
+  lines = [f"run {report['run']} round {report['round']}: {report['trained_on']}",
+           inference.NOTICE,
+           f"evaluated on {report['data']} [{report['split']}]: {report['slices']} slices, "
+           f"{report['patients']} patients",
            f"{'':10}" + "".join(f"{m:>13}" for m in METRIC_ORDER) + "   confusion [[TN, FP], [FN, TP]]"]
   for level in ("slice", "patient"):
     m = report[f"{level}_metrics"]

@@ -104,5 +104,17 @@ def patient_level(patient_ids, labels, probabilities, top_fraction: float = DEFA
   return patients, patient_labels, scores
 
 
+NOTICE = "research use only: not a diagnostic device; verdicts are not medical advice."
+
+
+def trained_on(config) -> str:
+  """What a run's model saw, in one line (phantom or real CT, which dataset, image size)."""
+  d = config.dataset
+  kind = ("the synthetic CT phantom (no real scans: a pipeline check, not a detector)"
+          if d.name == "phantom" else f"real CT: {d.name} at {d.path}")
+  return (f"model {config.model.name} trained on {kind}, {d.image_size}x{d.image_size} px, "
+          f"{config.num_hospitals} hospitals")
+
+
 def patient_rule(top_fraction: float) -> str:
   return f"mean of the top ceil({top_fraction} x slices) slice probabilities"

@@ -1,9 +1,12 @@
 r"""Trains a differentially private federated model across simulated hospitals.
 
   python -m ccfl_jax.main --config=configs/fed9.py [--config.num_rounds=5 ...]
+  python -m ccfl_jax.main list     # config fields with defaults, models, datasets, configs
 
-Outputs go to <config.results_dir>/<config.run_name>/; rerunning the same command resumes.
+Outputs go to <config.results_dir>/<config.run_name>/ (runs/ by default, untracked);
+rerunning the same command resumes.
 """
+import ast
 import logging as python_logging
 import pathlib
 import sys
@@ -11,7 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ccfl_jax import configuration, training
+from ccfl_jax import configuration, models, recorder, training
+from ccfl_jax.data import datasets
 from ccfl_jax.data.errors import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -19,6 +23,35 @@ _CONFIG = config_flags.DEFINE_config_file(
     "with --config.<field>=<value> (the fields and their defaults: "
     "ccfl_jax/configuration.py default_config).", lock_config=True)
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of one line.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Log with absl's long prefix (time, file, line), "
+                             "and JAX's and orbax's warnings.")
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def listing() -> str:
+  """What `list` prints: every config field (default, doc), the models, datasets, configs."""
+  lines = ["config fields (--config.<field>=<value>; default, then what it is):"]
+  for field, default, doc in configuration.describe_fields():
+    lines.append(f"  {field:<36} {default!r:<14} {doc}")
+  lines += ["", "models (--config.model.name): " + ", ".join(models.model_names()),
+            "datasets (--config.dataset.name): " + ", ".join(datasets.dataset_names())]
+  configs = sorted(CONFIGS_DIR.glob("*.py"))
+  if configs:
+    lines += ["", "configs (--config=configs/<name>.py):"]
+    lines += [f"  {p.name:<16} {(ast.get_docstring(ast.parse(p.read_text())) or '').splitlines()[0]}"
+              for p in configs]
+  return "\n".join(lines)
+
+
+def _configure_logging(verbose: bool) -> None:
+  """The run's progress lines, short (no absl prefix) unless --verbose."""
+  logger = python_logging.getLogger("ccfl_jax")
+  logger.setLevel(python_logging.INFO)
+  if not verbose:
+    handler = python_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(python_logging.Formatter("%(message)s"))
+    logger.handlers = [handler]
+    logger.propagate = False
 
 
 def parse_flags(argv):
@@ -35,17 +68,22 @@ def parse_flags(argv):
 
 
 def main(argv):
+  if argv[1:] == ["list"]:
+    print(listing())
+    return
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the only command is "
+                         "`list`)")
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<experiment>.py is required")
   logging.set_verbosity(logging.WARNING)  # orbax and JAX log every step at INFO
-  python_logging.getLogger("ccfl_jax").setLevel(python_logging.INFO)
+  _configure_logging(_VERBOSE.value)
   run_dir = pathlib.Path(config.results_dir) / config.run_name
   try:
     training.train_and_evaluate(config, run_dir)  # validates the config first
-  except (configuration.ConfigError, DataError) as error:
+  except (configuration.ConfigError, DataError, recorder.IncompatibleRun,
+          training.NoUpdateAccepted) as error:
     if _DEBUG.value:
       raise
     print(f"error: {error}", file=sys.stderr)

@@ -116,6 +116,7 @@ def run_predictions(run_dir, paths, round_=None, threshold: float = 0.5,
                                                 config.eval_batch_size)
   slice_rows, patient_rows = predictions(inputs, probabilities, threshold, top_fraction)
   about = dict(run=str(run_dir), round=rounds_done, model=config.model.name,
+               trained_on=inference.trained_on(config), notice=inference.NOTICE,
                preprocessing=preprocessing, threshold=threshold,
                patient_rule=inference.patient_rule(top_fraction),
                skipped=[dataclasses.asdict(s) for s in policy.skipped])
@@ -132,13 +133,15 @@ def main(argv):
   except (DataError, FileNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  print(f"run {about['run']} round {about['round']} ({about['model']}); "
-        f"preprocessing {about['preprocessing']}")
-  print(f"{'patient':<24} {'slice':>5}  {'position':>9}  prob_covid  path")
-  for i, row in enumerate(slice_rows):
-    position = "" if row["slice_position"] is None else f"{row['slice_position']:9.1f}"
-    print(f"{row['patient']:<24} {i:>5}  {position:>9}  {row['prob_covid']:10.4f}  {row['path']}")
-  print(f"\nper patient ({about['patient_rule']}; verdict at score >= {about['threshold']}):")
+  print(f"run {about['run']} round {about['round']}: {about['trained_on']}")
+  print(inference.NOTICE)
+  if f.slices:
+    print(f"{'patient':<24} {'slice':>5}  {'position':>9}  prob_covid  path")
+    for i, row in enumerate(slice_rows):
+      position = "" if row["slice_position"] is None else f"{row['slice_position']:9.1f}"
+      print(f"{row['patient']:<24} {i:>5}  {position:>9}  {row['prob_covid']:10.4f}  "
+            f"{row['path']}")
+  print(f"per patient ({about['patient_rule']}; verdict at score >= {about['threshold']}):")
   for row in patient_rows:
     print(f"  {row['patient']:<24} {row['slices']:>4} slices  score {row['score']:.4f}  "
           f"{row['verdict']}")
@@ -161,6 +164,7 @@ def define_flags():
                     "Bad input: stop, or skip and list.")
   flags.DEFINE_string("out", "", "Write predictions here (.json, or .csv + .patients.csv).")
   flags.DEFINE_multi_string("paths", [], "Inputs (also accepted as positional arguments).")
+  flags.DEFINE_bool("slices", False, "Also print every slice's probability (default: patients).")
 
 
 def cli():

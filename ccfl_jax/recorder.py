@@ -28,6 +28,47 @@ from ccfl_jax.ledger.digests import update_digest
 
 LOG = logging.getLogger("ccfl_jax")
 
+# Fields a rerun may change and still resume the same run: they decide how long it runs,
+# how often it saves and where it reads caches from, never what a round computes.
+RESUMABLE_CHANGES = ("num_rounds", "checkpoint_every", "max_checkpoints_to_keep",
+                     "eval_batch_size", "results_dir", "resume_force", "dataset.cache_dir",
+                     "dataset.tfds_data_dir", "ledger.keystore")
+
+
+class IncompatibleRun(ValueError):
+  """A rerun whose config would change what the existing run folder's rounds computed."""
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(stored: dict, config: dict) -> list[str]:
+  """'field: stored -> new' for every field that differs and would change results."""
+  old, new = _flat(stored), _flat(config)
+  return [f"{field}: {old.get(field)!r} -> {new.get(field)!r}"
+          for field in sorted(set(old) | set(new))
+          if field not in RESUMABLE_CHANGES and old.get(field) != new.get(field)]
+
+
+def check_compatible(run_dir: pathlib.Path, config) -> None:
+  """Refuses (before anything is written) to resume a run folder made with another config."""
+  if not (run_dir / "config.json").exists():
+    return
+  stored = json.loads((run_dir / "config.json").read_text())
+  differences = config_differences(stored, json.loads(config.to_json()))
+  if differences and not config.get("resume_force", False):
+    raise IncompatibleRun(
+        f"{run_dir}: this run was made with another config ({'; '.join(differences)}); "
+        f"start a new run with --config.run_name=<new name>, or resume anyway with "
+        f"--config.resume_force=true")
+
 
 def data_registrations(slices, hospital_indices) -> list[run_ledger.DataRegistration]:
   """What the ledger learns of each hospital's data: counts and a manifest digest.
@@ -116,8 +157,10 @@ class RunRecorder:
 
   @classmethod
   def open(cls, config, run_dir, registrations) -> "RunRecorder":
-    """Writes config.json, opens the checkpoints and the ledger and plans the resume."""
+    """Checks a rerun is compatible, then writes config.json, opens the checkpoints and the
+    ledger and plans the resume."""
     run_dir = pathlib.Path(run_dir)
+    check_compatible(run_dir, config)
     checkpointing.write_config(run_dir, config)
     manager = checkpointing.checkpoint_manager(run_dir, config.max_checkpoints_to_keep)
     ledger, restore_step = _open_ledger(config, run_dir, manager, registrations)

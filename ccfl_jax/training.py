@@ -24,6 +24,10 @@ from ccfl_jax.federated import engine, mesh as mesh_lib, privacy, sampling, serv
 LOG = logging.getLogger("ccfl_jax")
 
 
+class NoUpdateAccepted(RuntimeError):
+  """A round in which every sampled hospital's update was rejected (or non-finite)."""
+
+
 class PreparedData(NamedTuple):
   hospitals: hospitals.HospitalData
   test: Any                      # CTSlices of the held-out patients
@@ -47,6 +51,17 @@ def prepare_data(config) -> PreparedData:
                       recorder.data_registrations(slices, part.hospitals), skipped)
 
 
+def data_line(counts: list[dict]) -> str:
+  """The data in one short line: hospitals in total (min-max per hospital), then the test set."""
+  hospitals_, test = counts[:-1], counts[-1]
+  slices = [r["slices"] for r in hospitals_]
+  return (f"{len(hospitals_)} hospitals, {sum(r['patients'] for r in hospitals_)} patients, "
+          f"{sum(slices):,} slices ({min(slices)}-{max(slices)} per hospital, "
+          f"{sum(r['positive_slices'] for r in hospitals_):,} positive); test "
+          f"{test['patients']} patients, {test['slices']:,} slices "
+          f"({test['positive_slices']:,} positive)")
+
+
 def round_metrics(round_index: int, sampled: np.ndarray, out, evaluation, labels, epsilon: float,
                   config, seconds: float) -> dict:
   """One metrics.jsonl line: the vote, local loss, clipping, test metrics, privacy, time."""
@@ -65,8 +80,7 @@ def train_and_evaluate(config, run_dir) -> dict:
   configuration.validate(config)
   started = time.time()
   data = prepare_data(config)
-  LOG.info("data: %s", "; ".join(f"{r['name']}: {r['patients']} patients, {r['slices']} "
-                                     f"slices, {r['positive_slices']} positive" for r in data.counts))
+  LOG.info("data: %s", data_line(data.counts))
   model = models.from_config(config)
   mesh = mesh_lib.hospital_mesh(config.engine.num_devices)
   run_round = builders.build_round(config, model, mesh)
@@ -79,6 +93,8 @@ def train_and_evaluate(config, run_dir) -> dict:
   base_key = jax.random.key(config.seed)
   p = config.privacy
   round_times = []
+  if rounds_done < config.num_rounds:
+    LOG.info("compiling the round (first round only) ...")
   for round_index in range(rounds_done, config.num_rounds):
     tic = time.time()
     sampled = sampling.sample_hospitals(config.seed, round_index, config.num_hospitals,
@@ -88,6 +104,11 @@ def train_and_evaluate(config, run_dir) -> dict:
                            None if roles is None else np.asarray(roles.verifiers))
     jax.block_until_ready(state)
     round_times.append(time.time() - tic)
+    if not np.any(out.accepted):
+      raise NoUpdateAccepted(
+          f"round {round_index + 1}: no update of hospitals {sampled.tolist()} was accepted "
+          f"(update norms {np.asarray(out.update_norm).tolist()}; non-finite updates are "
+          f"rejected); the run stops at its last checkpoint, with its ledger intact")
     # The accountant charges the m_t sampled, not the number accepted (privacy.py).
     history.append(len(sampled))
     epsilon = privacy.epsilon(config.num_hospitals, history, p.noise_multiplier, p.delta)

@@ -141,17 +141,23 @@ def _map_hospitals(fn, hospital_axis: str, shared, per_hospital):
 
 
 def _weighted_sum(deltas, weights):
-  return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+  """Σ_i weights[i] deltas[i]; rows of weight 0 are left out, so a non-finite rejected update
+  (0 x NaN = NaN) cannot poison the sum."""
+  def leaf_sum(d):
+    kept = (weights > 0).reshape((-1,) + (1,) * (d.ndim - 1))
+    return jnp.tensordot(weights, jnp.where(kept, d, 0), axes=1)
+  return jax.tree.map(leaf_sum, deltas)
 
 
 def _vote(deltas, stats, weights, rule: consensus_lib.ConsensusRule | None):
-  """(accepted [n], eq. 15 scores [n] or None, cosines [n] or None); padding never accepted.
+  """(accepted [n], eq. 15 scores [n] or None, cosines [n] or None); padding and non-finite
+  updates never accepted.
 
   Padding scores, norms and cosines are NaN, which the rule ignores when it takes medians
   and MADs, so the decision on the real hospitals is the one the ledger recomputes from them
   alone.
   """
-  real = weights > 0
+  real = (weights > 0) & jnp.isfinite(stats.update_norm)  # a NaN/Inf update is never accepted
   if rule is None:
     return real, None, None
   scores = jnp.where(real, consensus_lib.vote_scores(stats.mae, stats.self_mae, rule.gamma),
@@ -163,9 +169,12 @@ def _vote(deltas, stats, weights, rule: consensus_lib.ConsensusRule | None):
 
 
 def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings):
+  """The server step on the noisy mean; a round with no accepted update leaves the global
+  model as it was (the loop then stops with an error rather than divide by zero)."""
   mean_update = privacy.noisy_mean(clipped_sum, num_accepted, jax.random.fold_in(round_key, 1),
                                    s.noise_multiplier, s.clip_norm)
-  return server.apply_update(state, mean_update, s.server_optimizer)
+  stepped = server.apply_update(state, mean_update, s.server_optimizer)
+  return jax.tree.map(lambda new, old: jnp.where(num_accepted > 0, new, old), stepped, state)
 
 
 def _round_output(deltas, stats: HospitalStats, accepted, malicious, scores, cosines,

@@ -1,12 +1,17 @@
 """CC-19 tfds builder on a small CC-19-shaped tree made from real COVID-CT-MD slices."""
+import pathlib
 import shutil
+import subprocess
 import sys
 
 import ml_collections
 import numpy as np
 import pytest
 
-from ccfl_jax.data import cc19
+from ccfl_jax.configuration import ConfigError
+from ccfl_jax.data import cc19, datasets
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 
@@ -61,5 +66,40 @@ def test_changed_source_rebuilds_and_skips_are_recorded(covid_ct_md_dir, tmp_pat
   assert cc19.load(dataset_config(manual, tmp_path, on_bad_file="skip"), 0).skipped == ()
 
 
+def test_a_manual_dir_without_labels_csv_is_named_in_the_error(covid_ct_md_dir, tmp_path):
+  manual = make_manual_dir(covid_ct_md_dir, tmp_path / "manual")
+  (manual / "labels.csv").unlink()
+  with pytest.raises(ValueError, match="labels.csv"):
+    cc19.load(dataset_config(manual, tmp_path), 0)
+
+
 def test_manual_download_instructions_name_the_layout():
-  assert "labels.csv" in cc19.Cc19.MANUAL_DOWNLOAD_INSTRUCTIONS
+  assert "labels.csv" in cc19.MANUAL_DOWNLOAD_INSTRUCTIONS
+  assert cc19.Cc19.MANUAL_DOWNLOAD_INSTRUCTIONS == cc19.MANUAL_DOWNLOAD_INSTRUCTIONS
+
+
+def test_cc19_without_tensorflow_datasets_names_the_extra(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now raises
+  with pytest.raises(ConfigError) as error:
+    datasets.load_dataset(dataset_config(tmp_path, tmp_path), 0)
+  message = str(error.value)
+  assert 'pip install -e ".[cc19]"' in message and "tensorflow-datasets" in message
+  assert "\n" not in message
+
+
+_IMPORTS_WITHOUT_TFDS = """
+import sys
+sys.modules["tensorflow_datasets"] = None  # as if the cc19 extra were not installed
+import ccfl_jax.training, ccfl_jax.evaluate, ccfl_jax.predict, ccfl_jax.main
+import ccfl_jax.data.datasets, ccfl_jax.data.cc19
+loaded = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets")
+          and sys.modules[m] is not None]
+print("loaded:", loaded)
+"""
+
+
+def test_the_package_imports_without_tensorflow_datasets():
+  done = subprocess.run([sys.executable, "-c", _IMPORTS_WITHOUT_TFDS], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "loaded: []" in done.stdout

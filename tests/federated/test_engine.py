@@ -112,3 +112,26 @@ def test_auto_hospital_axis_unrolls_convolutions_on_cpu():
   assert not uses_convolutions(get_model("mlp", hidden=(4,)), SIZE)
   assert mesh_lib.default_hospital_axis(True) == "unroll"  # tests run on XLA:CPU
   assert mesh_lib.default_hospital_axis(False) == "vmap"
+
+
+@pytest.mark.parametrize("kind", ["compiled", "sequential"])
+def test_a_non_finite_update_is_rejected_and_the_model_stays_finite(hospital_data, kind):
+  settings = _settings(hidden=(8,))
+  state = _initial_state(settings)
+  mesh = mesh_lib.hospital_mesh(2)
+  images = hospital_data.images.copy()
+  images[2] = np.nan  # hospital 2's slices are corrupt: its update is NaN
+  data = engine.put_hospital_data(hospital_data._replace(images=images), mesh, kind)
+  run_round = (engine.compiled_round(settings, mesh, "vmap") if kind == "compiled"
+               else engine.sequential_round(settings))
+  new_state, out = run_round(state, data, SAMPLED, jax.random.key(1))
+  assert np.asarray(out.accepted).tolist() == [True, False, True, True]  # SAMPLED = 0, 2, 3, 5
+  assert np.isnan(np.asarray(out.update_norm)[1])
+  assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(new_state.params))
+  assert not np.allclose(np.asarray(jax.tree.leaves(new_state.params)[0]),
+                         np.asarray(jax.tree.leaves(state.params)[0]))
+  images[:] = np.nan  # every sampled update non-finite: the global model is left as it was
+  data = engine.put_hospital_data(hospital_data._replace(images=images), mesh, kind)
+  unchanged, out = run_round(state, data, SAMPLED, jax.random.key(1))
+  assert not np.any(np.asarray(out.accepted))
+  _assert_same(unchanged.params, state.params, atol=0)
