@@ -1,10 +1,37 @@
-"""What a run prints and writes: the per-round log line, summary.json/.md and curves.png."""
+"""What a run prints and writes: the per-round log line, summary.json/.md, metrics.csv, the
+plots curves.png (test metrics, losses and ε per round) and votes.png (the vote per hospital
+and round), and, with the optional `tensorboard` extra, TensorBoard event files.
+
+How a value that is not an ordinary number is shown in each output:
+
+  | value                                   | memory | JSON | CSV   | summary.md     |
+  |-----------------------------------------|--------|------|-------|----------------|
+  | undefined metric (precision with no     | NaN    | null | empty | undefined      |
+  | positive prediction, AUC of one class)  |        |      |       |                |
+  | unbounded ε (noise multiplier σ = 0)    | inf    | null | inf   | ∞ (no noise)   |
+"""
+import csv
+import io
 import json
 import logging
 import math
 import pathlib
 
+import numpy as np
+
 METRIC_NAMES = ("accuracy", "precision", "sensitivity", "specificity", "auc")
+LOSS_NAMES = {"local_loss": "training\n(mean over the\nsampled hospitals)",
+              "test_loss": "test\n(held-out patients)"}
+PLOT_DPI = 150
+TENSORBOARD_EXTRA = 'pip install -e ".[tensorboard]"'
+
+# votes.png: the state of a (hospital, round) cell and its colour.
+NOT_SAMPLED, ACCEPTED, REJECTED = 0, 1, 2
+VOTE_STATES = {NOT_SAMPLED: ("not sampled", "#e6e6e6"), ACCEPTED: ("accepted", "#3f7fbf"),
+               REJECTED: ("rejected", "#e05a1a")}
+
+# Per-round lists of hospital ids; metrics.csv carries each as a count and as the ids.
+HOSPITAL_LISTS = ("sampled", "accepted", "rejected")
 
 LOG = logging.getLogger("ccfl_jax")
 
@@ -30,15 +57,77 @@ def json_text(value, **kwargs) -> str:
   return json.dumps(strict_json(value), allow_nan=False, **kwargs)
 
 
+def _undefined(value) -> bool:
+  """None (read back from JSON) or NaN (in memory): a metric without a value."""
+  return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _unbounded(value) -> bool:
+  return isinstance(value, float) and math.isinf(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-round log line
+
+
+def duration_text(seconds: float) -> str:
+  """A duration for people: '45 s', '2 min 40 s', '1 h 05 min'."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds} s"
+  if seconds < 3600:
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+  return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def eta_seconds(rounds_left: int, round_times) -> float | None:
+  """Seconds until the last round, or None while it cannot be estimated.
+
+  `round_times` are the rounds this process has run, in order. Its first round includes
+  compiling the round function (often tens of times a later round), so it is left out:
+  with only that round timed there is nothing to extrapolate from yet.
+  """
+  if rounds_left <= 0:
+    return 0.0
+  steady = list(round_times)[1:]
+  return rounds_left * sum(steady) / len(steady) if steady else None
+
+
+def _log_number(value, spec: str = ".3f") -> str:
+  if _undefined(value):
+    return "n/a"
+  return "inf" if _unbounded(value) else format(value, spec)
+
+
+def round_line(record: dict, num_rounds: int, round_times) -> str:
+  """One short line about a finished round: loss, test metrics, ε, vote, time, ETA."""
+  rounds_left = num_rounds - record["round"]
+  eta = eta_seconds(rounds_left, round_times)
+  if rounds_left <= 0:
+    eta_text = "done"
+  elif eta is None:
+    eta_text = "ETA after the next round"
+  else:
+    eta_text = f"ETA {duration_text(eta)}"
+  compiled = " incl. compilation" if len(round_times) == 1 else ""
+  epsilon = ("inf (no noise)" if _unbounded(record["epsilon"])
+             else _log_number(record["epsilon"], ".3g"))
+  return (f"round {record['round']}/{num_rounds}  loss {_log_number(record['local_loss'], '.4f')}"
+          f"  test acc {_log_number(record['accuracy'])}"
+          f"  sens {_log_number(record['sensitivity'])}"
+          f"  spec {_log_number(record['specificity'])}"
+          f"  eps {epsilon} (delta {record['delta']:.0e})"
+          f"  accepted {len(record['accepted'])}/{len(record['sampled'])}"
+          f"  {record['round_seconds']:.2f} s{compiled}  {eta_text}")
+
+
 def log_round(record: dict, num_rounds: int, round_times: list[float]) -> None:
-  """round, loss, test accuracy, ε, seconds per round, ETA."""
-  recent = round_times[1:] or round_times  # the first round includes compilation
-  eta = (num_rounds - record["round"]) * sum(recent) / len(recent)
-  LOG.info("round %d/%d  loss %.4f  test acc %.3f  sens %.3f  spec %.3f  eps %.3g "
-               "(delta %.0e)  accepted %d/%d  %.2fs/round  ETA %.0fs", record["round"],
-               num_rounds, record["local_loss"], record["accuracy"], record["sensitivity"],
-               record["specificity"], record["epsilon"], record["delta"],
-               len(record["accepted"]), len(record["sampled"]), record["round_seconds"], eta)
+  """Logs `round_line` (see there) at INFO on the `ccfl_jax` logger."""
+  LOG.info("%s", round_line(record, num_rounds, round_times))
+
+
+# ---------------------------------------------------------------------------------------------
+# summary.json and summary.md
 
 
 def vote_totals(records: list[dict]) -> dict:
@@ -85,32 +174,84 @@ def summarize(config, records: list[dict], data_counts: list[dict], skipped, sec
 
 
 def _fmt(value) -> str:
-  if value is None:
-    return "-"
+  """A value for summary.md: floats to 4 significant digits (whole numbers from 10,000 on),
+  None or NaN as 'undefined'."""
+  if _undefined(value):
+    return "undefined"
   if isinstance(value, float):
-    return "inf" if math.isinf(value) else f"{value:.4g}"
+    if math.isinf(value):
+      return "∞" if value > 0 else "-∞"
+    return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
   return str(value)
 
 
+def epsilon_text(epsilon, noise_multiplier=None) -> str:
+  """ε for summary.md: '∞ (no noise)' when unbounded (inf, or null with σ = 0), else _fmt."""
+  if _unbounded(epsilon) or (epsilon is None and noise_multiplier == 0):
+    return "∞ (no noise)"
+  return _fmt(epsilon)
+
+
+def _percent(rate) -> str:
+  return "undefined" if _undefined(rate) else f"{100 * rate:.1f}%"
+
+
+def _table(header, rows) -> list[str]:
+  """A markdown table: header cells, then one line per row of cells."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def _setting(value) -> str:
+  """A config value in a table cell: numbers as written (0.001, 3.0), strings in backticks."""
+  if isinstance(value, str):
+    return f"`{value}`"
+  if isinstance(value, float):
+    return "undefined" if math.isnan(value) else repr(value)
+  if isinstance(value, (dict, list, tuple)):
+    return f"`{json_text(value)}`"
+  return str(value)
+
+
+def _confusion_markdown(matrix) -> list[str]:
+  if matrix is None:
+    return ["Confusion matrix: undefined (no round ran)."]
+  (tn, fp), (fn, tp) = matrix
+  return ["Confusion matrix (slices):", ""] + _table(
+      ["", "predicted non-COVID", "predicted COVID-19"],
+      [["**actual non-COVID**", f"{tn} (TN)", f"{fp} (FP)"],
+       ["**actual COVID-19**", f"{fn} (FN)", f"{tp} (TP)"]])
+
+
+def _round_time_text(summary: dict) -> str:
+  mean = summary["mean_round_seconds"]
+  if mean is None:
+    return "mean round time undefined (only the first round, which compiles, ran)"
+  return f"mean round time {_fmt(mean)} s (after the first round, which compiles)"
+
+
 def summary_markdown(summary: dict) -> str:
+  """summary.md: final metrics, privacy, the vote and the attack, data, plots and the config."""
   f, p = summary["final"], summary["privacy"]
   lines = [f"# Run `{summary['run_name']}`", "",
            f"{summary['rounds']} rounds; devices: {', '.join(summary['devices'])}; "
-           f"mean round time {_fmt(summary['mean_round_seconds'])} s.", "",
-           "## Final test metrics (held-out patients, slice level, threshold 0.5)", "",
-           "| " + " | ".join(METRIC_NAMES) + " | test loss |",
-           "|" + "---|" * (len(METRIC_NAMES) + 1),
-           "| " + " | ".join(_fmt(f[k]) for k in METRIC_NAMES) + f" | {_fmt(f['test_loss'])} |", "",
-           f"Confusion matrix [[TN, FP], [FN, TP]]: {f['confusion_matrix']}", "",
-           "## Privacy", "",
-           f"(ε, δ) = ({_fmt(p['epsilon'])}, {p['delta']:g}) with noise multiplier σ = "
-           f"{p['noise_multiplier']}, clip norm S = {p['clip_norm']}; accountant: {p['accountant']}; "
-           f"unit of privacy: {p['unit']}.", "",
-           "## Consensus and attack", "", _votes_markdown(summary), "",
-           "## Data (patients, slices, positive slices)", "",
-           "| split | patients | slices | positive slices |", "|---|---|---|---|"]
-  lines += [f"| {r['name']} | {r['patients']} | {r['slices']} | {r['positive_slices']} |"
-            for r in summary["data"]]
+           f"{_round_time_text(summary)}.", "",
+           "## Final test metrics (held-out patients, slice level, threshold 0.5)", ""]
+  lines += _table(list(METRIC_NAMES) + ["test loss"],
+                  [[_fmt(f[k]) for k in METRIC_NAMES + ("test_loss",)]])
+  lines += [""] + _confusion_markdown(f["confusion_matrix"])
+  lines += ["", "## Privacy", "",
+            f"(ε, δ) = ({epsilon_text(p['epsilon'], p['noise_multiplier'])}, {p['delta']:g}) "
+            f"with noise multiplier σ = {p['noise_multiplier']}, clip norm S = {p['clip_norm']}; "
+            f"accountant: {p['accountant']}; unit of privacy: {p['unit']}.", "",
+            "## Consensus and attack", "", _votes_markdown(summary), ""]
+  if summary["rounds"]:
+    lines += ["## Plots", "", "![test metrics, losses and ε per round](curves.png)", "",
+              "![the vote per hospital and round](votes.png)", ""]
+  lines += ["## Data (patients, slices, positive slices)", ""]
+  lines += _table(["split", "patients", "slices", "positive slices"],
+                  [[r["name"], r["patients"], r["slices"], r["positive_slices"]]
+                   for r in summary["data"]])
   skipped = summary["skipped_files"]
   lines += ["", f"Files skipped by the loader (on_bad_file='skip'): {len(skipped)}"]
   lines += [f"- `{f['path']}`: {f['problem']}" for f in skipped]
@@ -122,44 +263,324 @@ def summary_markdown(summary: dict) -> str:
 
 def _votes_markdown(summary: dict) -> str:
   v, a, ledger = summary["votes"], summary["attack"], summary["ledger"]
-  vote = (f"MAE vote (eqs. 14-15) {ledger['consensus']} with {ledger['num_verifiers']} verifiers; "
-          "ledger: `python -m ccfl_jax.ledger verify` on the run folder."
-          if ledger["enabled"] else "No ledger and no vote: every sampled update aggregated.")
-  lines = [vote, "",
-           f"Updates: {v['updates']} submitted, {v['accepted']} accepted, {v['rejected']} rejected."]
-  if a["kind"] != "none" and a["num_malicious"]:
-    lines.append(f"Attack {a['kind']} by {a['num_malicious']} hospital(s): "
-                 f"{v['malicious_rejected']}/{v['malicious_updates']} malicious updates rejected "
-                 f"({_fmt(v['malicious_rejected_rate'])}), {v['honest_rejected']}/"
-                 f"{v['honest_updates']} honest ones ({_fmt(v['honest_rejected_rate'])}).")
+  if ledger["enabled"]:
+    lines = [f"MAE vote (eqs. 14-15) with {ledger['num_verifiers']} verifiers; ledger: "
+             "`python -m ccfl_jax.ledger verify` on the run folder. The rule:", ""]
+    lines += _table(["field", "value"], [[f"`{k}`", _setting(value)]
+                                         for k, value in (ledger["consensus"] or {}).items()])
+    lines.append("")
   else:
-    lines.append(f"No attack; honest updates rejected: {v['honest_rejected']}/{v['honest_updates']}.")
+    lines = ["No ledger and no vote: every sampled update aggregated.", ""]
+  lines.append(f"Updates: {v['updates']} submitted, {v['accepted']} accepted, "
+               f"{v['rejected']} rejected.")
+  if a["kind"] != "none" and a["num_malicious"]:
+    lines.append(f"Attack `{a['kind']}` by {a['num_malicious']} hospital(s) (ids 0-"
+                 f"{a['num_malicious'] - 1}): {v['malicious_rejected']}/{v['malicious_updates']} "
+                 f"malicious updates rejected ({_percent(v['malicious_rejected_rate'])}), "
+                 f"{v['honest_rejected']}/{v['honest_updates']} honest ones "
+                 f"({_percent(v['honest_rejected_rate'])}).")
+  else:
+    lines.append(f"No attack; honest updates rejected: {v['honest_rejected']}/"
+                 f"{v['honest_updates']} ({_percent(v['honest_rejected_rate'])}).")
   return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.csv and TensorBoard
+
+
+def _csv_cell(value) -> str:
+  if _undefined(value):
+    return ""
+  if isinstance(value, float):
+    return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+  return str(value)
+
+
+def csv_row(record: dict) -> dict[str, str]:
+  """One record as flat CSV cells.
+
+  Scalars keep their name; the hospital-id lists (sampled, accepted, rejected) become a count
+  `num_<list>` and the ids, space-separated; the confusion matrix becomes tn, fp, fn, tp.
+  Per-hospital vectors (vote_scores, update_norms, cosines) stay in metrics.jsonl only.
+  """
+  row = {}
+  for key, value in record.items():
+    if key in HOSPITAL_LISTS:
+      row[f"num_{key}"] = str(len(value))
+      row[key] = " ".join(str(h) for h in value)
+    elif key == "confusion_matrix":
+      cells = [str(c) for pair in value for c in pair] if value else [""] * 4
+      row.update(zip(("tn", "fp", "fn", "tp"), cells))
+    elif value is None or isinstance(value, (bool, int, float, str)):
+      row[key] = _csv_cell(value)
+  return row
+
+
+def metrics_csv_text(records: list[dict]) -> str:
+  """metrics.csv for `records`: one row per round; columns in first-seen order."""
+  rows = [csv_row(r) for r in records]
+  columns = list(dict.fromkeys(column for row in rows for column in row))
+  out = io.StringIO()
+  writer = csv.DictWriter(out, columns, restval="", lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  return out.getvalue()
+
+
+def write_metrics_csv(path, records: list[dict]) -> None:
+  """Writes (rewrites) metrics.csv: cheap enough to call after every round."""
+  pathlib.Path(path).write_text(metrics_csv_text(records))
+
+
+_TENSORBOARD_GROUPS = dict(local_loss="train", clipped_fraction="train", test_loss="test",
+                           epsilon="privacy", round_seconds="time", num_sampled="votes",
+                           num_accepted="votes", num_rejected="votes",
+                           malicious_accepted="votes", malicious_rejected="votes",
+                           honest_rejected="votes")
+_TENSORBOARD_SKIP = ("round", "delta", "tn", "fp", "fn", "tp") + HOSPITAL_LISTS
+
+
+def tensorboard_scalars(record: dict) -> dict[str, float]:
+  """The finite numbers of a record, tagged `<group>/<name>` (test/auc, privacy/epsilon, ...)."""
+  scalars = {}
+  for key, cell in csv_row(record).items():
+    if key in _TENSORBOARD_SKIP:
+      continue
+    try:
+      value = float(cell)
+    except ValueError:
+      continue
+    if math.isfinite(value):
+      group = _TENSORBOARD_GROUPS.get(key, "test" if key in METRIC_NAMES + ("f1",) else "run")
+      scalars[f"{group}/{key.removesuffix('_loss') if group == 'test' else key}"] = value
+  return scalars
+
+
+class TensorBoardWriter:
+  """TensorBoard event files in `log_dir`, one step per round (needs the `tensorboard` extra).
+
+    with TensorBoardWriter(run_dir / "tensorboard") as writer:
+      writer.write(record)        # after each round
+
+  Written with tensorboardX, which needs protobuf but not TensorFlow.
+  """
+
+  def __init__(self, log_dir):
+    try:
+      import tensorboardX  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise ImportError("TensorBoard event files need tensorboardX, the optional extra "
+                        f"`tensorboard`: {TENSORBOARD_EXTRA}") from None
+    self._writer = tensorboardX.SummaryWriter(str(log_dir))
+
+  def write(self, record: dict) -> None:
+    for tag, value in tensorboard_scalars(record).items():
+      self._writer.add_scalar(tag, value, global_step=record["round"])
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+def write_tensorboard(log_dir, records: list[dict]) -> None:
+  """All `records` as TensorBoard event files in `log_dir` (see TensorBoardWriter)."""
+  with TensorBoardWriter(log_dir) as writer:
+    for record in records:
+      writer.write(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# curves.png and votes.png
 
 
 def _plottable(value) -> float:
   return math.nan if value is None else value
 
 
-def plot_curves(path: pathlib.Path, records: list[dict]) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  rounds = [r["round"] for r in records]
-  fig, (ax_metrics, ax_eps) = plt.subplots(1, 2, figsize=(10, 3.5))
+def _figure(width: float, height: float):
+  """A matplotlib Figure with constrained layout, drawn by Agg without touching pyplot."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  return Figure(figsize=(width, height), layout="constrained")
+
+
+def _round_axis(ax, rounds) -> None:
+  """x axis of rounds: integer ticks only, and room around a run of one to three rounds."""
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+  ax.set_xlabel("round")
+  if max(rounds) - min(rounds) < 3:  # the locator would fall back to fractions
+    ax.set_xticks(range(min(rounds), max(rounds) + 1))
+    ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
+
+
+def _line_style(rounds) -> dict:
+  return dict(marker="o", markersize=3.5, linewidth=1.4, markevery=max(1, len(rounds) // 50))
+
+
+def _legend_outside(ax) -> None:
+  ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+            labelspacing=0.8)
+
+
+def _plot_metrics(ax, records, rounds) -> None:
   for name in METRIC_NAMES:
-    ax_metrics.plot(rounds, [_plottable(r[name]) for r in records], label=name)
-  ax_metrics.set(xlabel="round", title="test metrics", ylim=(0, 1.02))
-  ax_metrics.legend(fontsize=8)
-  ax_eps.plot(rounds, [_plottable(r["epsilon"]) for r in records])
-  ax_eps.set(xlabel="round", title=f"ε at δ = {records[-1]['delta']:g}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+    ax.plot(rounds, [_plottable(r[name]) for r in records], label=name, **_line_style(rounds))
+  ax.set(ylabel="test metric (slice level)", title="test metrics", ylim=(-0.02, 1.02))
+  _legend_outside(ax)
 
 
-def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict]) -> None:
+def _plot_losses(ax, records, rounds) -> None:
+  for name, label in LOSS_NAMES.items():
+    ax.plot(rounds, [_plottable(r.get(name)) for r in records], label=label,
+            **_line_style(rounds))
+  ax.set(ylabel="loss", title="losses")
+  _legend_outside(ax)
+
+
+def _plot_epsilon(ax, records, rounds) -> None:
+  epsilons = [_plottable(r["epsilon"]) for r in records]
+  ax.set(ylabel="ε (privacy loss)", title=f"ε at δ = {records[-1]['delta']:g}")
+  if not any(math.isfinite(e) for e in epsilons):
+    ax.text(0.5, 0.5, "ε = ∞\n(no noise, σ = 0)", ha="center", va="center", fontsize=12,
+            transform=ax.transAxes)
+    ax.set_yticks([])
+  else:
+    ax.plot(rounds, epsilons, color="tab:purple", **_line_style(rounds))
+
+
+def curves_figure(records: list[dict], title: str | None = None):
+  """Test metrics, the two losses and ε per round, three panels side by side (a Figure)."""
+  rounds = [r["round"] for r in records]
+  fig = _figure(15, 4.2)
+  ax_metrics, ax_loss, ax_eps = fig.subplots(1, 3, width_ratios=(1.2, 1, 0.9))
+  _plot_metrics(ax_metrics, records, rounds)
+  _plot_losses(ax_loss, records, rounds)
+  _plot_epsilon(ax_eps, records, rounds)
+  for ax in (ax_metrics, ax_loss, ax_eps):
+    _round_axis(ax, rounds)
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def plot_curves(path: pathlib.Path, records: list[dict], *, title: str | None = None,
+                dpi: int = PLOT_DPI) -> None:
+  """curves.png: see curves_figure."""
+  curves_figure(records, title).savefig(path, dpi=dpi)
+
+
+def vote_grid(records: list[dict], num_hospitals: int | None = None) -> np.ndarray:
+  """(hospital, round) states: NOT_SAMPLED, ACCEPTED or REJECTED; rows 0 .. H - 1.
+
+  H is `num_hospitals`, or one more than the largest hospital id sampled.
+  """
+  if num_hospitals is None:
+    num_hospitals = 1 + max((h for r in records for h in r["sampled"]), default=-1)
+  grid = np.full((num_hospitals, len(records)), NOT_SAMPLED, np.int8)
+  for column, record in enumerate(records):
+    grid[list(record["accepted"]), column] = ACCEPTED
+    grid[list(record["rejected"]), column] = REJECTED
+  return grid
+
+
+def _vote_size(num_hospitals: int, num_rounds: int) -> tuple[float, float]:
+  width = min(16.0, max(7.0, 3.2 + 0.2 * num_rounds))
+  return width, min(12.0, max(2.6, 1.5 + 0.3 * num_hospitals))
+
+
+def _draw_vote_cells(ax, grid: np.ndarray, first_round: int) -> None:
+  """The cells, coloured by state, rejected ones also marked x (for grey-scale prints)."""
+  from matplotlib.colors import BoundaryNorm, ListedColormap  # pylint: disable=import-outside-toplevel
+  hospitals, rounds = grid.shape
+  colours = ListedColormap([VOTE_STATES[s][1] for s in sorted(VOTE_STATES)])
+  ax.imshow(grid, cmap=colours, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3), aspect="auto",
+            interpolation="nearest",
+            extent=(first_round - 0.5, first_round + rounds - 0.5, hospitals - 0.5, -0.5))
+  rejected_h, rejected_r = np.nonzero(grid == REJECTED)
+  ax.scatter(rejected_r + first_round, rejected_h, marker="x", color="white", s=18,
+             linewidths=1.2)
+  if rounds <= 80 and hospitals <= 60:  # cell borders while cells stay visible
+    ax.set_xticks(np.arange(first_round - 0.5, first_round + rounds), minor=True)
+    ax.set_yticks(np.arange(-0.5, hospitals), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.8)
+    ax.tick_params(which="minor", length=0)
+  _round_axis(ax, [first_round, first_round + rounds - 1])
+
+
+def _label_hospitals(ax, hospitals: int, malicious) -> None:
+  """Rows H0 .. H{n-1} (at most ~30 labels); the attack's hospitals in bold red."""
+  malicious = set(int(h) for h in malicious)
+  ticks = list(range(0, hospitals, max(1, hospitals // 30)))
+  ax.set_yticks(ticks, [f"H{h} (malicious)" if h in malicious else f"H{h}" for h in ticks])
+  for label, h in zip(ax.get_yticklabels(), ticks):
+    if h in malicious:
+      label.set(color="#b00000", fontweight="bold")
+  ax.set_ylabel("hospital")
+
+
+def _vote_legend(ax, counts: dict) -> None:
+  from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel
+  handles = [Patch(facecolor=VOTE_STATES[s][1], edgecolor="#999999",
+                   label=f"{VOTE_STATES[s][0]} ({counts[s]})")
+             for s in (ACCEPTED, REJECTED, NOT_SAMPLED)]
+  ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+            frameon=False, title="update")
+
+
+def votes_figure(records: list[dict], num_hospitals: int | None = None, malicious=(),
+                 title: str | None = None):
+  """The vote per hospital (rows) and round (columns) as a heat map (a Figure).
+
+  Cells are accepted, rejected or not sampled; `malicious` hospital ids (the attack's,
+  0 .. num_malicious - 1) are labelled so. The default title counts the rejections.
+  """
+  grid = vote_grid(records, num_hospitals)
+  fig = _figure(*_vote_size(*grid.shape))
+  ax = fig.subplots()
+  _draw_vote_cells(ax, grid, records[0]["round"] if records else 1)
+  _label_hospitals(ax, grid.shape[0], malicious)
+  counts = {s: int(np.sum(grid == s)) for s in VOTE_STATES}
+  _vote_legend(ax, counts)
+  ax.set_title(title or f"vote per hospital and round: {counts[REJECTED]} of "
+               f"{counts[ACCEPTED] + counts[REJECTED]} updates rejected")
+  return fig
+
+
+def plot_votes(path: pathlib.Path, records: list[dict], *, num_hospitals: int | None = None,
+               malicious=(), title: str | None = None, dpi: int = PLOT_DPI) -> None:
+  """votes.png: see votes_figure."""
+  votes_figure(records, num_hospitals, malicious, title).savefig(path, dpi=dpi)
+
+
+def _malicious_ids(summary: dict) -> range:
+  attack = summary.get("attack") or {}
+  active = attack.get("kind", "none") != "none" and attack.get("num_malicious", 0)
+  return range(attack["num_malicious"] if active else 0)
+
+
+def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict], *,
+                  metrics_csv: bool = True) -> None:
+  """summary.json, summary.md and, once a round ran, curves.png, votes.png (and metrics.csv)."""
+  run_dir = pathlib.Path(run_dir)
   (run_dir / "summary.json").write_text(json_text(summary, indent=2))
   (run_dir / "summary.md").write_text(summary_markdown(summary))
-  if records:
-    plot_curves(run_dir / "curves.png", records)
+  if not records:
+    return
+  plot_curves(run_dir / "curves.png", records, title=f"run {summary['run_name']}")
+  num_hospitals = (summary.get("config") or {}).get("num_hospitals")
+  plot_votes(run_dir / "votes.png", records, num_hospitals=num_hospitals,
+             malicious=_malicious_ids(summary),
+             title=None if summary["ledger"]["enabled"] else
+             "no ledger, no vote: every sampled update aggregated")
+  if metrics_csv:
+    write_metrics_csv(run_dir / "metrics.csv", records)
