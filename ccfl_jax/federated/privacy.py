@@ -9,7 +9,33 @@ round samples m_t of H hospitals without replacement, so the neighbouring relati
 REPLACE_ONE (one hospital's data replaced by arbitrary other data): replacing one clipped
 update moves the sum by up to 2S. With noise std σS on the sum, the Gaussian mechanism's
 noise multiplier relative to that sensitivity is σ/2. Rounds compose in dp_accounting's
-RDP accountant; ε is reported at the configured δ.
+RDP accountant; ε is reported at the configured δ. σ may differ per round (a run resumed
+with another σ): each round is charged at its own σ_t.
+
+RDP orders: RDP_ORDERS covers (1, 2) finely (100 log-spaced orders from 1.011; dp_accounting's
+RDP->(ε, δ) conversion, Canonne-Kamath-Steinke 2020 Prop. 12, discards orders <= 1.01). With
+few hospitals and small σ the best order lies there: fed9 (m_t = H = 9, σ 0.1, 40 rounds,
+δ 1e-5) is charged 8,603 at α ≈ 1.04, where orders from 2 gave 16,010. For a sampled round
+(m_t < H) dp_accounting's without-replacement bound (Wang-Balle-Kasiviswanathan 2019) exists at
+integer orders; at α in (1, 2) it interpolates the cumulant between α = 1 (zero) and α = 2, so
+RDP(α) = RDP(2) there: valid, never the optimum, and harmless to include. It does not call
+`_compute_log_a_frac` (that routine serves Poisson sampling only: 0 calls measured, no
+warnings), and costs ~35 ms once for the 100 small orders. The sampled bound at all orders
+costs ~0.4 s per (H, m_t, σ_t) (orders 128 and 256 dominate), so round_rdp caches it.
+
+PLD: where every round has m_t = H the rounds are plain Gaussian mechanisms; T of them with
+shift/std ratios r_t compose exactly into one Gaussian with r = sqrt(Σ r_t²) (the log-likelihood
+ratio is a sufficient statistic), whose privacy loss distribution dp_accounting's PLD
+accountant evaluates (pessimistic discretisation: an upper bound, here within 1e-3 of the
+analytic Gaussian's exact ε, Balle-Wang 2018). epsilon_report gives both and reports the
+smaller (both are valid upper bounds); PLD is the tighter one for m_t = H (fed9: 8,543 vs
+8,603). PLD has no sampling-without-replacement event, so once any round samples m_t < H only
+RDP applies. CAUTION, the two accountants read a Gaussian's multiplier differently under
+REPLACE_ONE: RDP's GaussianDpEvent(z) charges α/(2z²), neighbours 1 apart; PLD's places them
+at ±1, i.e. 2 apart (privacy_loss_mechanism.GaussianPrivacyLoss: "REPLACE adjacency
+corresponds to the same privacy loss distribution with twice the sensitivity"). Our
+neighbours are 2S apart under noise std σS, ratio 2/σ: RDP gets z = σ/2, PLD gets z = σ.
+Passing σ/2 to PLD as well would charge a shift of 4S and overstate ε 2-4x (measured).
 
 With the MAE vote (eqs. 14-15, ledger/consensus.py) only the m'_t <= m_t accepted updates
 are summed; the noise std stays σS on that sum and the mean divides by m'_t, so the noise on
@@ -24,15 +50,46 @@ functions of the hospitals' updates and validation slices, published on the ledg
 median+MAD one hospital's update can also move the thresholds and so change which OTHER
 updates are summed. ε bounds
 the noised aggregate given the accepted set, not what the published votes reveal.
+
+Local Laplace mechanism (privacy.mechanism = laplace_local; the paper's eqs. 12-13): each
+sampled hospital clips its update in L1, Δw / max(1, ||Δw||_1 / B), and adds Laplace(b)
+noise to every coordinate BEFORE submitting, b = s / ε_round. The L1 sensitivity (eq. 13,
+s = max over neighbouring datasets of ||f(H) - f(H')||_1) follows from the L1 clip: replacing
+a hospital's data replaces its clipped update u by u', ||u||_1, ||u'||_1 <= B, so
+||u - u'||_1 <= 2B: s = 2B (replace-one, as for the Gaussian). Clipping in L1 rather than
+deriving s from the L2 bound: ||u||_1 <= sqrt(d) ||u||_2 would give s = 2S sqrt(d), and with
+d ~ 10^5-10^7 parameters the noise would drown any update. Each release is then ε_round-DP
+(pure DP, δ = 0) for that hospital against everyone who sees it, the server and the ledger
+included: no trusted aggregator, unlike the Gaussian mechanism, whose (ε, δ) holds only for
+the published noised aggregate, i.e. assumes the server that sums the clean updates is
+trusted. The price: the sum carries m_t independent noises, one per update, and
+each must hide a whole update on its own. Over rounds
+the pure ε_round compose (laplace_epsilon): basic composition Σ ε_t (δ = 0) and advanced
+composition (Dwork-Rothblum-Vadhan 2010; Dwork-Roth 2014, Thm 3.20) at δ':
+sqrt(2 ln(1/δ') Σ ε_t²) + Σ ε_t (e^ε_t - 1); the smaller is reported with its δ. No
+amplification by sampling is claimed: the server sees which hospital submitted which update,
+so the subsample hides nothing from it. Pass the rounds a hospital took part in (at most T;
+T bounds every hospital).
 """
 import collections
+import functools
 import math
+from typing import Sequence, Union
 
 import dp_accounting
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-RDP_ORDERS = tuple([2 + x / 10 for x in range(80)] + list(range(10, 65)) + [128, 256, 512])
+MECHANISMS = ("gaussian_central", "laplace_local")
+RDP_SMALL_ORDERS = tuple(1 + 0.011 * (1 / 0.011) ** (i / 100) for i in range(100))
+RDP_ORDERS = RDP_SMALL_ORDERS + tuple(
+    [2 + x / 10 for x in range(80)] + list(range(10, 65)) + [128, 256, 512])
+# PLD discretisation relative to ε (RDP's ε as the scale): 1e-3 keeps a call at 7-60 ms and
+# the error far below it (measured: 1e-4 moves ε by < 1e-6 relative, at 10x the time).
+PLD_RELATIVE_INTERVAL = 1e-3
+REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
+NoiseMultiplier = Union[float, Sequence[float]]
 
 
 def global_norm(tree) -> jax.Array:
@@ -65,22 +122,153 @@ def noisy_mean(clipped_sum, num_accepted, key, noise_multiplier, clip_norm):
 
 
 def round_event(num_hospitals: int, per_round: int, noise_multiplier: float):
-  """One round as a dp_accounting event (noise multiplier σ/2: sensitivity 2S, see above)."""
+  """One round as a dp_accounting RDP event (noise multiplier σ/2: sensitivity 2S, see above)."""
   gaussian = dp_accounting.GaussianDpEvent(noise_multiplier / 2.0)
   if per_round == num_hospitals:
     return gaussian
   return dp_accounting.SampledWithoutReplacementDpEvent(num_hospitals, per_round, gaussian)
 
 
-def epsilon(num_hospitals: int, hospitals_per_round, noise_multiplier: float,
-            delta: float) -> float:
-  """ε after the rounds whose sampled counts m_t are `hospitals_per_round`, at δ."""
-  if not len(hospitals_per_round):
-    return 0.0
-  if noise_multiplier <= 0:
-    return math.inf
-  accountant = dp_accounting.rdp.RdpAccountant(
-      orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-  for m, rounds in sorted(collections.Counter(int(m) for m in hospitals_per_round).items()):
-    accountant.compose(round_event(num_hospitals, m, noise_multiplier), rounds)
+def per_round_pairs(hospitals_per_round, noise_multiplier: NoiseMultiplier):
+  """[(m_t, σ_t)] per round; one float σ applies to every round."""
+  counts = [int(m) for m in hospitals_per_round]
+  if np.ndim(noise_multiplier) == 0:
+    return [(m, float(noise_multiplier)) for m in counts]
+  sigmas = [float(s) for s in noise_multiplier]
+  if len(sigmas) != len(counts):
+    raise ValueError(f"{len(sigmas)} noise multipliers for {len(counts)} rounds")
+  return list(zip(counts, sigmas))
+
+
+@functools.lru_cache(maxsize=4096)
+def round_rdp(num_hospitals: int, per_round: int, noise_multiplier: float) -> np.ndarray:
+  """RDP of one round at RDP_ORDERS (cached, read-only: the sampled bound costs ~0.4 s)."""
+  accountant = dp_accounting.rdp.RdpAccountant(orders=list(RDP_ORDERS),
+                                               neighboring_relation=REPLACE_ONE)
+  accountant.compose(round_event(num_hospitals, per_round, noise_multiplier))
+  rdp = np.array(accountant.rdp, dtype=np.float64)
+  rdp.setflags(write=False)
+  return rdp
+
+
+def rdp_epsilon(num_hospitals: int, rounds, delta: float) -> float:
+  """ε from RDP over RDP_ORDERS for rounds [(m_t, σ_t)] (each σ_t > 0, 0 < m_t <= H)."""
+  tally = collections.Counter(rounds)
+  total = sum(count * round_rdp(num_hospitals, m, sigma)
+              for (m, sigma), count in sorted(tally.items()))
+  return float(dp_accounting.rdp.compute_epsilon(RDP_ORDERS, total, delta)[0])
+
+
+def composed_gaussian_multiplier(sigmas) -> float:
+  """σ of the one Gaussian equal to rounds of σ_t on the same 2S shift: (Σ σ_t^-2)^-1/2."""
+  return math.fsum(s ** -2.0 for s in sigmas) ** -0.5
+
+
+def pld_epsilon(num_hospitals: int, rounds, delta: float, scale: float = 1.0):
+  """ε from dp_accounting's PLD accountant, or None unless every round has m_t = H.
+
+  The rounds compose into one Gaussian; PLD's GaussianDpEvent(z) under REPLACE_ONE puts the
+  neighbours 2/z std apart, so z = σ here (module docstring). `scale` (about the expected ε)
+  sets the discretisation interval.
+  """
+  if any(m != num_hospitals for m, _ in rounds):
+    return None
+  sigma = composed_gaussian_multiplier([s for _, s in rounds])
+  interval = max(1e-4, PLD_RELATIVE_INTERVAL * scale)
+  accountant = dp_accounting.pld.PLDAccountant(REPLACE_ONE, value_discretization_interval=interval)
+  accountant.compose(dp_accounting.GaussianDpEvent(sigma))
   return float(accountant.get_epsilon(delta))
+
+
+def epsilon_report(num_hospitals: int, hospitals_per_round, noise_multiplier: NoiseMultiplier,
+                   delta: float) -> dict:
+  """ε after the rounds with sampled counts m_t and noise multipliers σ_t, at δ.
+
+  Returns dict(epsilon=the smaller valid bound, accountant='rdp'|'pld', rdp=, pld=); pld is
+  None where some round samples m_t < H (PLD has no without-replacement event). Rounds with
+  m_t = 0 touch no hospital's data and cost nothing.
+  """
+  pairs = per_round_pairs(hospitals_per_round, noise_multiplier)
+  if any(not 0 <= m <= num_hospitals for m, _ in pairs):
+    raise ValueError(f"sampled counts must lie in [0, {num_hospitals}]")
+  rounds = [(m, sigma) for m, sigma in pairs if m > 0]
+  if not rounds:
+    return dict(epsilon=0.0, accountant="rdp", rdp=0.0, pld=None)
+  if any(sigma <= 0 for _, sigma in rounds):
+    return dict(epsilon=math.inf, accountant="rdp", rdp=math.inf, pld=None)
+  rdp = rdp_epsilon(num_hospitals, rounds, delta)
+  pld = pld_epsilon(num_hospitals, rounds, delta, scale=rdp)
+  if pld is not None and pld < rdp:
+    return dict(epsilon=pld, accountant="pld", rdp=rdp, pld=pld)
+  return dict(epsilon=rdp, accountant="rdp", rdp=rdp, pld=pld)
+
+
+def epsilon(num_hospitals: int, hospitals_per_round, noise_multiplier: NoiseMultiplier,
+            delta: float) -> float:
+  """ε after the rounds whose sampled counts m_t are `hospitals_per_round`, at δ.
+
+  `noise_multiplier` is one σ for every round or a sequence of per-round σ_t.
+  """
+  return epsilon_report(num_hospitals, hospitals_per_round, noise_multiplier, delta)["epsilon"]
+
+
+# --- Local Laplace mechanism (eqs. 12-13) -------------------------------------------------
+
+
+def l1_norm(tree) -> jax.Array:
+  """||·||_1 over all leaves, on rescaled values so huge updates do not overflow."""
+  leaves = jax.tree.leaves(tree)
+  scale = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
+  scale = jnp.where(scale > 0, scale, 1.0)
+  return scale * sum(jnp.sum(jnp.abs(leaf / scale)) for leaf in leaves)
+
+
+def clip_update_l1(delta, bound: float):
+  """Δw / max(1, ||Δw||_1 / B) and ||Δw||_1 before clipping."""
+  norm = l1_norm(delta)
+  factor = jnp.minimum(1.0, bound / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
+  return jax.tree.map(lambda leaf: leaf * factor.astype(leaf.dtype), delta), norm
+
+
+def laplace_sensitivity(bound: float) -> float:
+  """Eq. 13's L1 sensitivity of an L1-clipped update under replace-one: s = 2B."""
+  return 2.0 * bound
+
+
+def laplace_scale(bound: float, epsilon_round: float) -> float:
+  """Eq. 12's b = s / ε_round: each release is ε_round-DP."""
+  return laplace_sensitivity(bound) / epsilon_round
+
+
+def laplace_noise_like(key, tree, scale):
+  """Independent Laplace(0, b = scale) (variance 2b²) for every parameter of `tree`."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  noise = [scale * jax.random.laplace(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+  return jax.tree.unflatten(treedef, noise)
+
+
+def laplace_local_update(key, delta, bound: float, epsilon_round: float):
+  """What a hospital submits under laplace_local: L1-clipped Δw + Laplace(2B/ε_round) (eq. 12),
+  and ||Δw||_1 before clipping."""
+  clipped, norm = clip_update_l1(delta, bound)
+  noise = laplace_noise_like(key, clipped, laplace_scale(bound, epsilon_round))
+  return jax.tree.map(jnp.add, clipped, noise), norm
+
+
+def laplace_epsilon(epsilon_round, rounds: int, delta: float) -> dict:
+  """Composition of `rounds` pure ε_round-DP releases (one float, or a sequence per round).
+
+  Returns dict(basic=Σ ε_t (δ = 0), advanced=sqrt(2 ln(1/δ) Σ ε_t²) + Σ ε_t (e^ε_t - 1) (at
+  δ; Dwork-Rothblum-Vadhan), epsilon=the smaller, delta=0.0 or δ, whichever it holds at).
+  """
+  eps = ([float(epsilon_round)] * int(rounds) if np.ndim(epsilon_round) == 0
+         else [float(e) for e in epsilon_round])
+  if len(eps) != int(rounds):
+    raise ValueError(f"{len(eps)} per-round epsilons for {rounds} rounds")
+  basic = math.fsum(eps)
+  advanced = (math.sqrt(2 * math.log(1 / delta) * math.fsum(e * e for e in eps))
+              + math.fsum(e * math.expm1(e) for e in eps)) if 0 < delta < 1 else math.inf
+  if basic <= advanced:
+    return dict(basic=basic, advanced=advanced, epsilon=basic, delta=0.0)
+  return dict(basic=basic, advanced=advanced, epsilon=advanced, delta=float(delta))
