@@ -32,3 +32,18 @@ def ucsd_dir():
 @pytest.fixture
 def covid_ct_md_dir():
   return require_shared("covid_ct_md")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_keystore(tmp_path_factory):
+  """Every test keeps its runs' private ledger keys in a temporary keystore (CCFL_KEYSTORE),
+  never the user's (session scope: module fixtures open runs too)."""
+  from ccfl_jax.ledger import keystore
+  before = os.environ.get(keystore.ENV_VAR)
+  root = tmp_path_factory.mktemp("keystore")
+  os.environ[keystore.ENV_VAR] = str(root)
+  yield root
+  if before is None:
+    os.environ.pop(keystore.ENV_VAR, None)
+  else:
+    os.environ[keystore.ENV_VAR] = before

@@ -8,7 +8,8 @@ uses proof of work to settle blocks between hospitals; in a simulation it only h
 checkable, so the default of 8 bits costs about 256 hashes.
 
 Timestamps are logical, not wall clock: the header's `round` is the block's time. Setup
-blocks (registrations) carry round -1 and round blocks carry their round, so the same run
+blocks (registrations) carry round -1, round blocks carry their round and the closing
+block (run_ledger.close_run) round -2, so the same run
 replayed gives byte-identical blocks and hashes, which wall-clock time would forbid.
 
 Merkle tree: leaf = sha256(0x00 || tx digest), node = sha256(0x01 || left || right), an
@@ -24,6 +25,7 @@ from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
 
 GENESIS_PREV_HASH = "0" * 64
 SETUP_ROUND = -1
+CLOSING_ROUND = -2
 DEFAULT_DIFFICULTY = 8
 
 

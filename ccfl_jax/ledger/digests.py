@@ -9,10 +9,17 @@ host, whatever the container order.
 checkpoint_digest(step_dir): sha256 over every regular file below the orbax step folder, in
 sorted relative-path order (POSIX separators), each contributing its path, a NUL, its size
 as 8 big-endian bytes, and its bytes; plus each file's own sha256, so that verify can name
-the file that changed.
+the file that changed. A symlink or any other non-regular file anywhere in the folder is
+refused (UnsafePath): following one would hash, and leak a digest of, a file outside the run.
+
+Confinement: a checkpoint lives at `<run>/checkpoints/<step>` and nowhere else
+(`confined_checkpoint`); absolute paths, `..` and symlinked folders are refused.
 """
 import hashlib
+import os
 import pathlib
+import re
+import stat
 
 import jax
 import numpy as np
@@ -37,10 +44,43 @@ def update_digest(tree) -> str:
   return digest.hexdigest()
 
 
+CHECKPOINT_PATH = re.compile(r"checkpoints/[0-9]+")
+
+
+class UnsafePath(ValueError):
+  """A checkpoint path that leaves `<run>/checkpoints/<step>`, or a symlink in one."""
+
+
+def confined_checkpoint(run_dir, relative) -> pathlib.Path:
+  """`<run_dir>/<relative>` when relative is `checkpoints/<step>` and no folder on the way
+  is a symlink; UnsafePath otherwise."""
+  if not isinstance(relative, str) or not CHECKPOINT_PATH.fullmatch(relative):
+    raise UnsafePath(f"checkpoint path {relative!r} is not checkpoints/<step> inside the run "
+                     "folder (absolute and .. paths are refused)")
+  root = pathlib.Path(run_dir) / "checkpoints"
+  for path in (root, root / relative.split("/")[1]):
+    if path.is_symlink():
+      raise UnsafePath(f"{path} is a symlink: checkpoints must lie inside the run folder")
+  return root / relative.split("/")[1]
+
+
 def checkpoint_files(step_dir) -> tuple[pathlib.Path, ...]:
+  """Every file below step_dir, sorted by relative path; UnsafePath on a symlink or special file."""
   step_dir = pathlib.Path(step_dir)
-  return tuple(sorted((p for p in step_dir.rglob("*") if p.is_file()),
-                      key=lambda p: p.relative_to(step_dir).as_posix()))
+  if step_dir.is_symlink():
+    raise UnsafePath(f"{step_dir} is a symlink: checkpoints must lie inside the run folder")
+  found = []
+  for folder, dirs, names in os.walk(step_dir, followlinks=False):
+    for name in dirs + names:
+      path = pathlib.Path(folder) / name
+      mode = os.lstat(path).st_mode
+      if stat.S_ISLNK(mode):
+        raise UnsafePath(f"{path} is a symlink: a checkpoint may hold only regular files")
+      if name in names and not stat.S_ISREG(mode):
+        raise UnsafePath(f"{path} is not a regular file")
+      if name in names:
+        found.append(path)
+  return tuple(sorted(found, key=lambda p: p.relative_to(step_dir).as_posix()))
 
 
 def checkpoint_digest(step_dir) -> tuple[str, dict[str, str]]:
@@ -64,3 +104,15 @@ def checkpoint_digest(step_dir) -> tuple[str, dict[str, str]]:
 
 def checkpoint_sha256(step_dir) -> str:
   return checkpoint_digest(step_dir)[0]
+
+
+def file_sha256(path) -> str:
+  """sha256 hex of one regular file (UnsafePath for a symlink or anything else)."""
+  path = pathlib.Path(path)
+  if not stat.S_ISREG(os.lstat(path).st_mode):
+    raise UnsafePath(f"{path} is not a regular file (symlinks are refused)")
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()

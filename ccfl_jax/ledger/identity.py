@@ -5,9 +5,14 @@ A hospital's node id is sha256 of its SEC1 *compressed* public key (33 bytes), k
 distance of two hospitals as the XOR of their ids (Kademlia, ref. [41]); XOR is a metric
 (d(a, a) = 0, symmetric, and a ^ c = (a ^ b) ^ (b ^ c) <= (a ^ b) + (b ^ c)).
 
-For simulation every hospital's key is derived from (run seed, hospital index), so a
-resumed run regenerates the same keys and the same ids without storing secrets. Keys can
-also be written to and loaded from PEM, which is how a real deployment would supply them.
+Keys are secrets. A run's keys are `generate_identity()`: drawn from the operating
+system's CSPRNG (ecdsa's default entropy, os.urandom), kept outside the run folder
+(keystore.py), and only the public keys are published on the ledger. Keys can also be
+written to and loaded from PEM, which is how a real deployment would supply them (each
+hospital holding its own). `hospital_identity(seed, hospital)` derives a key from the run's
+seed: reproducible, and therefore worthless as a proof, since the seed is in config.json
+(and can be searched from the published public keys); runs use it only on request
+(`ledger.keys = "derived"`), and verify then says so in its first line.
 Each round's leader and verifiers are the hospitals nearest, by eq. 10, to
 sha256("ccfl-round:<round>"): deterministic from (round, ids), so every participant agrees
 on them without a message.
@@ -39,8 +44,15 @@ def node_id_of(public_key: bytes) -> str:
   return hashlib.sha256(public_key).hexdigest()
 
 
+def generate_identity() -> Identity:
+  """A fresh key pair from the OS's CSPRNG (os.urandom, ecdsa's default entropy)."""
+  signing_key = ecdsa.SigningKey.generate(curve=CURVE, hashfunc=hashlib.sha256)
+  return Identity(signing_key.get_verifying_key().to_string("compressed"), signing_key)
+
+
 def hospital_identity(seed: int, hospital: int) -> Identity:
-  """The simulated key pair of `hospital` in the run seeded `seed` (never random)."""
+  """The derived key pair of `hospital` in the run seeded `seed`: anyone knowing the seed
+  has it (simulation and tests only, see the module docstring)."""
   material = hashlib.sha256(f"ccfl-hospital-key:{seed}:{hospital}".encode()).digest()
   # Map into [1, n-1]: a secret exponent of 0 is no key.
   exponent = int.from_bytes(material, "big") % (CURVE.order - 1) + 1
@@ -58,6 +70,15 @@ def identity_from_pem(pem: bytes | str) -> Identity:
   if signing_key.curve != CURVE:
     raise ValueError(f"key is on {signing_key.curve.name}, expected secp256k1")
   return Identity(signing_key.get_verifying_key().to_string("compressed"), signing_key)
+
+
+def compressed_public_key(data: bytes) -> bytes:
+  """A secp256k1 public key (SEC1 compressed or uncompressed, or raw x||y) as compressed bytes;
+  ValueError if it is not a point of the curve."""
+  try:
+    return ecdsa.VerifyingKey.from_string(data, curve=CURVE).to_string("compressed")
+  except Exception as error:  # the parser raises several kinds for a malformed key
+    raise ValueError(f"not a secp256k1 public key ({error})") from None
 
 
 def sign(identity: Identity, message: bytes) -> str:

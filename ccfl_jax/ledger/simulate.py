@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import optax
 
+from ccfl_jax.ledger import audit
 from ccfl_jax.ledger import consensus
 from ccfl_jax.ledger import run_ledger as run_lib
 from ccfl_jax.ledger.digests import update_digest
@@ -66,10 +67,20 @@ def evidence(r: SyntheticRound) -> run_lib.RoundEvidence:
       r.vote_scores, r.accepted, r.update_norms, r.cosines)
 
 
+SIGMA, CLIP_NORM, DELTA = 1.0, 1.0, 1e-5
+
+
+def round_epsilon(run: run_lib.RunLedger, r: SyntheticRound) -> float:
+  """The accountant's epsilon after the run's recorded rounds and `r` (sigma SIGMA, DELTA)."""
+  rounds = [(b.transactions[-1].body["num_sampled"], b.transactions[-1].body["sigma"])
+            for b in run.ledger.blocks if b.round >= 0]
+  return audit.accountant_epsilon(len(run.hospitals), rounds + [(len(r.sampled), SIGMA)], DELTA)
+
+
 def model_record(r: SyntheticRound, epsilon: float,
                  checkpoint_dir=None) -> run_lib.GlobalModelRecord:
   """A synthetic round's global-model record (sigma = S = 1, delta = 1e-5)."""
-  return run_lib.GlobalModelRecord(epsilon, 1e-5, 1.0, 1.0, checkpoint_dir,
+  return run_lib.GlobalModelRecord(epsilon, DELTA, SIGMA, CLIP_NORM, checkpoint_dir,
                                    update_digest(r.updates[0]))
 
 
@@ -87,6 +98,9 @@ def round_records(r: SyntheticRound, epsilon: float, checkpoint_dir=None, **chan
 
 
 def record_synthetic_round(run: run_lib.RunLedger, round_index: int, r: SyntheticRound,
-                           epsilon: float, checkpoint_dir=None) -> run_lib.RunLedger:
+                           epsilon: float | None = None, checkpoint_dir=None,
+                           **changes) -> run_lib.RunLedger:
+  """Record `r`; epsilon None: the accountant's (round_epsilon), as a real run records it."""
+  epsilon = round_epsilon(run, r) if epsilon is None else epsilon
   return run_lib.record_round(run, round_index, run_lib.round_roles(run, round_index),
-                              evidence(r), model_record(r, epsilon, checkpoint_dir))
+                              *round_records(r, epsilon, checkpoint_dir, **changes))

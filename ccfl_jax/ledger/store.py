@@ -14,10 +14,13 @@ name (atomic, and refuses to replace an existing record: files are never edited)
 folder fsynced. A crash therefore leaves either the whole record or only a `.tmp` file,
 which readers ignore.
 
-Truncation without editing: a `truncate` record {"keep_blocks": n, "reason"} says that the
-chain continues after its first n blocks; the dropped blocks stay on disk for the audit
-trail (see run_ledger.rollback_to_round). The blocks' own hash chain then continues from
-block n-1.
+Truncation without editing: a `truncate` record {"keep_blocks": n, "reason", "signer",
+"signature"} says that the chain continues after its first n blocks; the dropped blocks stay
+on disk for the audit trail (see run_ledger.rollback_to_round). The blocks' own hash chain
+then continues from block n-1. The record is signed (`truncation_message`: the kept head's
+hash, the dropped head's hash, n and the reason) by the hospital that leads the next round
+(validate.truncate checks it): record hashes alone bind nothing, since anyone who can write
+the folder can recompute them.
 """
 import dataclasses
 import json
@@ -39,6 +42,14 @@ class StoreError(ValueError):
 class Truncation:
   keep_blocks: int
   reason: str
+  signer: str = ""     # node id of the signer; "" = unsigned (refused by validate.truncate)
+  signature: str = ""  # hex DER over truncation_message
+
+
+def truncation_message(keep_blocks: int, reason: str, kept_head: str, dropped_head: str) -> bytes:
+  """What a truncate record's signer signs: it names the exact blocks it drops."""
+  return canonical_json({"kind": "truncate", "keep_blocks": keep_blocks, "reason": reason,
+                         "kept_head": kept_head, "dropped_head": dropped_head})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +71,8 @@ def record_name(seq: int) -> str:
 def _body(content) -> tuple[str, dict]:
   if isinstance(content, block_lib.Block):
     return "block", content.to_json()
-  return "truncate", {"keep_blocks": content.keep_blocks, "reason": content.reason}
+  return "truncate", {"keep_blocks": content.keep_blocks, "reason": content.reason,
+                      "signer": content.signer, "signature": content.signature}
 
 
 def _unsealed(seq: int, kind: str, body: dict, prev_sha: str) -> dict:
@@ -139,7 +151,9 @@ def _read_one(path: pathlib.Path, seq: int, prev_sha: str) -> Record:
     if record["kind"] == "block":
       content = block_lib.from_json(record["body"])
     elif record["kind"] == "truncate":
-      content = Truncation(int(record["body"]["keep_blocks"]), str(record["body"]["reason"]))
+      body = record["body"]
+      content = Truncation(int(body["keep_blocks"]), str(body["reason"]),
+                           str(body.get("signer", "")), str(body.get("signature", "")))
     else:
       raise ValueError(f"unknown record kind {record['kind']!r}")
   except (KeyError, TypeError, ValueError) as error:

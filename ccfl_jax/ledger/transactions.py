@@ -9,6 +9,9 @@ of the canonical encoding of all four fields, so it also covers the signature.
 
 Kinds, and who signs them:
 - register_hospital (the hospital itself): its compressed public key and node id.
+- open_run (the genesis block's leader, after every register_hospital): the run's random
+  id, the sha256 of its config.json (or null) and how its keys were made ("random",
+  "derived" from the seed, or "pem"). It ties the ledger to one run folder and one config.
 - register_data (the hospital): data type, patient and slice counts, sha256 of the data
   manifest. Never data: the paper keeps images at the hospital (section "Blockchain based
   fast and effective Federated Learning").
@@ -21,7 +24,11 @@ Kinds, and who signs them:
   own batch (eq. 14), the combined score (eq. 15) and accept/reject.
 - global_model (the round's leader): round, sha256 of the orbax checkpoint (or null in a
   round without one) and of the global parameters, epsilon and delta spent so far, sigma,
-  S, m_t, and the accepted hospitals.
+  S, m_t, the accepted hospitals, and the sha256 of the round's metrics.jsonl line and of
+  the config.json in force (each null when the loop does not supply it).
+- close_run (the leader the next round would have, alone in the closing block): the number
+  of rounds, the sha256 of each output file (summary.json, summary.md, curves.png, ...) and
+  the digest of each final checkpoint folder. Nothing may follow it but a signed truncation.
 """
 import dataclasses
 import json
@@ -31,13 +38,16 @@ from ccfl_jax.ledger.canonical import canonical_json, finite_or_none, sha256_hex
 
 FIELDS = {
     "register_hospital": ("hospital", "public_key"),
+    "open_run": ("run_id", "config_sha256", "keys"),
     "register_data": ("hospital", "data_type", "num_patients", "num_slices", "manifest_sha256"),
     "round_start": ("round", "sampled", "verifiers", "consensus"),
     "local_update": ("round", "hospital", "update_sha256", "local_mae"),
     "vote": ("round", "verifier", "votes"),
     "global_model": ("round", "checkpoint", "params_sha256", "epsilon", "delta", "sigma",
-                     "clip_norm", "num_sampled", "accepted"),
+                     "clip_norm", "num_sampled", "accepted", "metrics_sha256", "config_sha256"),
+    "close_run": ("rounds", "files", "checkpoints"),
 }
+KEY_MODES = ("random", "derived", "pem")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +96,12 @@ def register_hospital(hospital: identity_lib.Identity) -> Transaction:
                 {"hospital": hospital.node_id, "public_key": hospital.public_key.hex()})
 
 
+def open_run(leader: identity_lib.Identity, run_id: str, config_sha256: str | None,
+             keys: str) -> Transaction:
+  return signed(leader, "open_run", {"run_id": str(run_id), "config_sha256": config_sha256,
+                                     "keys": str(keys)})
+
+
 def register_data(hospital: identity_lib.Identity, data_type: str, num_patients: int,
                   num_slices: int, manifest_sha256: str) -> Transaction:
   return signed(hospital, "register_data", {
@@ -120,10 +136,19 @@ def vote(verifier: identity_lib.Identity, round_index: int, votes) -> Transactio
 
 def global_model(leader: identity_lib.Identity, round_index: int, checkpoint: dict | None,
                  params_sha256: str | None, epsilon: float, delta: float, sigma: float,
-                 clip_norm: float, num_sampled: int, accepted) -> Transaction:
+                 clip_norm: float, num_sampled: int, accepted, metrics_sha256: str | None = None,
+                 config_sha256: str | None = None) -> Transaction:
   """checkpoint: {"path": relative to the run dir, "sha256", "files": {path: sha256}} or None."""
   return signed(leader, "global_model", {
       "round": int(round_index), "checkpoint": checkpoint, "params_sha256": params_sha256,
       "epsilon": finite_or_none(epsilon), "delta": float(delta), "sigma": float(sigma),
       "clip_norm": float(clip_norm), "num_sampled": int(num_sampled),
-      "accepted": list(accepted)})
+      "accepted": list(accepted), "metrics_sha256": metrics_sha256,
+      "config_sha256": config_sha256})
+
+
+def close_run(leader: identity_lib.Identity, rounds: int, files: dict,
+              checkpoints: dict) -> Transaction:
+  """files: {name relative to the run dir: sha256}; checkpoints: {name: checkpoint entry}."""
+  return signed(leader, "close_run", {"rounds": int(rounds), "files": dict(files),
+                                      "checkpoints": dict(checkpoints)})

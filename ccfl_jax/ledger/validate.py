@@ -5,7 +5,9 @@ A `Ledger` is an immutable value: the blocks so far and the `ChainState` folded 
 - links: index = number of blocks, prev_hash = hash of the last block, difficulty = the
   run's, Merkle root and header hash recomputed, proof of work met;
 - time: setup blocks (round -1: registrations) only before the first round; round blocks
-  one per round, rounds consecutive from 0;
+  one per round, rounds consecutive from 0; at most one closing block (round -2), last;
+- the genesis block (block 0) registers the hospitals and ends with the run's `open_run`
+  (run id, config sha256, key kind), signed by its leader; no other block holds one;
 - every transaction: known kind with exactly its fields, author registered (a
   register_hospital must be self-signed and its id must be sha256 of its key), and a valid
   signature;
@@ -15,11 +17,18 @@ A `Ledger` is an immutable value: the blocks so far and the `ChainState` folded 
   that round, once, with the block's round (so a transaction replayed from another round is
   refused); votes only from the panel, once each, covering every update; the accepted set
   equal to the majority of the votes and to the consensus rule recomputed from the
-  recorded MAEs (eqs. 14-15); epsilon never decreasing.
-A refusal raises `LedgerRefusal`, which names the block, the transaction and the reason.
+  recorded MAEs (eqs. 14-15); epsilon never decreasing; a checkpoint only at
+  `checkpoints/<step>` (no absolute path, no `..`);
+- the closing block is one `close_run`, signed by the leader the next round would have,
+  counting the rounds recorded; its checkpoints also only at `checkpoints/<step>`.
+`truncate` applies a truncate record: signed by the leader of the round after the kept
+head, naming the kept and the dropped head. `replay_records` folds a run's records with
+both, refusing a genesis difficulty below the verifier's minimum.
+A refusal raises `LedgerRefusal`, which names the block (or record), the transaction and the reason.
 """
 import dataclasses
 import math
+import re
 import types
 
 import numpy as np
@@ -27,10 +36,14 @@ import numpy as np
 from ccfl_jax.ledger import block as block_lib
 from ccfl_jax.ledger import consensus
 from ccfl_jax.ledger import identity as identity_lib
+from ccfl_jax.ledger import store
 from ccfl_jax.ledger import transactions as tx_lib
+from ccfl_jax.ledger.digests import CHECKPOINT_PATH
 
 # Scores are float32 computed inside jit: a recomputation may differ by an ulp or two.
 SCORE_TOLERANCE = 1e-5
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class LedgerRefusal(ValueError):
@@ -39,6 +52,7 @@ class LedgerRefusal(ValueError):
   def __init__(self, reason: str, block_index: int | None = None, round_index: int | None = None,
                tx_index: int | None = None, tx_kind: str | None = None):
     self.reason, self.block_index, self.tx_index = reason, block_index, tx_index
+    self.record_name: str | None = None  # set by replay_records: the record file at fault
     where = []
     if block_index is not None:
       where.append(f"block {block_index}" + (f" (round {round_index})"
@@ -54,6 +68,10 @@ class ChainState:
   keys: types.MappingProxyType  # node id -> precomputed verifying key
   last_round: int = -1          # -1: no round recorded yet
   epsilon: float = 0.0          # spent so far; inf once a round was not private
+  run_id: str = ""              # from the genesis block's open_run
+  config_sha256: str | None = None
+  key_mode: str = ""            # transactions.KEY_MODES
+  closed: bool = False          # a closing block was appended
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +118,71 @@ def replay(blocks, difficulty: int) -> Ledger:
   return ledger
 
 
+def truncation_signer(ledger: Ledger, keep_blocks: int) -> str:
+  """Who signs a truncation to keep_blocks: the leader of the round after the kept head."""
+  kept = ledger.states[keep_blocks - 1]
+  return identity_lib.round_leader_and_verifiers(kept.last_round + 1, list(kept.keys), 1)[0]
+
+
+def truncation_message(ledger: Ledger, keep_blocks: int, reason: str) -> bytes:
+  return store.truncation_message(keep_blocks, reason, ledger.blocks[keep_blocks - 1].hash,
+                                  ledger.head_hash)
+
+
+def truncate(ledger: Ledger, t: store.Truncation) -> Ledger:
+  """The ledger after a truncate record, or LedgerRefusal (unsigned, misplaced, forged)."""
+  if not 1 <= t.keep_blocks <= len(ledger.blocks):
+    raise LedgerRefusal(f"truncates to {t.keep_blocks} blocks of {len(ledger.blocks)} "
+                        "(the genesis block always stays)")
+  if not t.signature:
+    raise LedgerRefusal("unsigned truncate record (anyone who can write the folder could "
+                        "have dropped these blocks)")
+  expected = truncation_signer(ledger, t.keep_blocks)
+  if t.signer != expected:
+    raise LedgerRefusal(f"truncate record signed by {t.signer[:12]}..., not by the leader of "
+                        f"the next round {expected[:12]}...")
+  message = truncation_message(ledger, t.keep_blocks, t.reason)
+  if not identity_lib.signature_is_valid(ledger.state.keys[expected], message, t.signature):
+    raise LedgerRefusal(f"bad signature on the truncate record by {expected[:12]}...")
+  return truncated(ledger, t.keep_blocks)
+
+
+def replay_records(records, min_difficulty: int = 0) -> Ledger:
+  """The chain in force after every record (blocks appended, truncations applied).
+
+  The chain's difficulty is its genesis block's, refused below `min_difficulty` (the
+  verifier's, never the ledger's own say). A refusal carries the record's file name.
+  """
+  ledger = None
+  for record in records:
+    try:
+      if ledger is None:
+        ledger = _genesis_ledger(record, min_difficulty)
+      if isinstance(record.content, store.Truncation):
+        ledger = truncate(ledger, record.content)
+      else:
+        ledger = append(ledger, record.content)
+    except LedgerRefusal as refusal:
+      refusal.record_name = f"ledger/{record.path.name}"
+      raise
+  return ledger if ledger is not None else empty_ledger()
+
+
+def _genesis_ledger(record, min_difficulty: int) -> Ledger:
+  if isinstance(record.content, store.Truncation):
+    raise LedgerRefusal("the first record is a truncation, not the genesis block")
+  difficulty = record.content.difficulty
+  if difficulty < min_difficulty:
+    raise LedgerRefusal(f"proof of work: difficulty {difficulty} is below the verifier's "
+                        f"minimum {min_difficulty} (--min-difficulty)", 0, record.content.round)
+  return empty_ledger(difficulty)
+
+
 def _check_links(ledger: Ledger, b: block_lib.Block) -> None:
   def refuse(reason):
     raise LedgerRefusal(reason, b.index, b.round)
+  if ledger.state.closed:
+    refuse("block after the run's closing block (only a signed truncation may follow it)")
   if b.index != len(ledger.blocks):
     refuse(f"index {b.index}, expected {len(ledger.blocks)} (block missing or reordered)")
   if b.prev_hash != ledger.head_hash:
@@ -118,6 +198,9 @@ def _check_links(ledger: Ledger, b: block_lib.Block) -> None:
   if b.round == block_lib.SETUP_ROUND:
     if ledger.state.last_round != -1:
       refuse("setup block after training started")
+  elif b.round == block_lib.CLOSING_ROUND:
+    if not ledger.blocks:
+      refuse("a closing block cannot open the chain")
   elif b.round != ledger.state.last_round + 1:
     refuse(f"round {b.round} follows round {ledger.state.last_round}")
 
@@ -134,6 +217,8 @@ class _Round:
 
 
 def _check_transactions(state: ChainState, b: block_lib.Block) -> ChainState:
+  if b.round == block_lib.CLOSING_ROUND:
+    return _check_closing(state, b)
   keys = dict(state.keys)
   epsilon = state.epsilon
   current = _Round()
@@ -147,17 +232,87 @@ def _check_transactions(state: ChainState, b: block_lib.Block) -> ChainState:
     key = _check_signature(t, keys, refuse)
     if t.kind == "register_hospital":
       keys[t.author] = key
+    if t.kind == "close_run":
+      refuse("close_run belongs alone in the closing block")
+    if t.kind == "open_run":
+      state = _check_open_run(state, t, b, position, refuse)
+      continue
     if is_setup != (t.kind in ("register_hospital", "register_data")):
       refuse("registrations belong in setup blocks, round records in round blocks")
     if not is_setup:
       current, epsilon = _check_round_step(current, epsilon, t, b, keys, position, refuse)
+  if b.index == 0 and not state.run_id:
+    raise LedgerRefusal("the genesis block does not end with open_run (run id, config hash)",
+                        b.index, b.round)
   if is_setup:
     if b.leader not in keys:
       raise LedgerRefusal("leader is not a registered hospital", b.index, b.round)
-    return ChainState(state.difficulty, types.MappingProxyType(keys), state.last_round, epsilon)
+    return dataclasses.replace(state, keys=types.MappingProxyType(keys), epsilon=epsilon)
   if not current.closed:
     raise LedgerRefusal("round block does not end with global_model", b.index, b.round)
-  return ChainState(state.difficulty, types.MappingProxyType(keys), b.round, epsilon)
+  return dataclasses.replace(state, keys=types.MappingProxyType(keys), last_round=b.round,
+                             epsilon=epsilon)
+
+
+def _check_open_run(state: ChainState, t, b, position, refuse) -> ChainState:
+  """The genesis block's last transaction: the run's id, config hash and key kind."""
+  body = t.body
+  if b.index != 0 or position != len(b.transactions) - 1:
+    refuse("open_run belongs only at the end of the genesis block")
+  if t.author != b.leader:
+    refuse("open_run not signed by the genesis block's leader")
+  if not isinstance(body["run_id"], str) or not _RUN_ID.fullmatch(body["run_id"]):
+    refuse(f"run id {body['run_id']!r} is not 32 hex digits")
+  config = body["config_sha256"]
+  if config is not None and not (isinstance(config, str) and _HEX64.fullmatch(config)):
+    refuse(f"config sha256 {config!r} is not 64 hex digits")
+  if body["keys"] not in tx_lib.KEY_MODES:
+    refuse(f"key kind {body['keys']!r}, expected one of {tx_lib.KEY_MODES}")
+  return dataclasses.replace(state, run_id=body["run_id"], config_sha256=config,
+                             key_mode=body["keys"])
+
+
+def _check_closing(state: ChainState, b: block_lib.Block) -> ChainState:
+  """The closing block: one close_run by the next round's leader, over confined paths."""
+  if len(b.transactions) != 1 or b.transactions[0].kind != "close_run":
+    raise LedgerRefusal("the closing block holds exactly one close_run", b.index, b.round)
+  t = b.transactions[0]
+
+  def refuse(reason):
+    raise LedgerRefusal(reason, b.index, b.round, 0, t.kind)
+  _check_shape(t, refuse)
+  _check_signature(t, dict(state.keys), refuse)
+  leader = identity_lib.round_leader_and_verifiers(state.last_round + 1, list(state.keys), 1)[0]
+  if t.author != leader or b.leader != leader:
+    refuse("close_run must come from the leader of the round after the last")
+  body = t.body
+  if body["rounds"] != state.last_round + 1:
+    refuse(f"closes {body['rounds']} rounds, the chain records {state.last_round + 1}")
+  files, checkpoints = body["files"], body["checkpoints"]
+  if not isinstance(files, dict) or not isinstance(checkpoints, dict):
+    refuse("files and checkpoints must be objects")
+  for name, digest in files.items():
+    if not _safe_relative(name) or not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
+      refuse(f"file entry {name!r}: a relative path inside the run folder and a sha256")
+  for name, entry in checkpoints.items():
+    _check_checkpoint_entry(entry, refuse, name)
+  return dataclasses.replace(state, closed=True)
+
+
+def _safe_relative(name) -> bool:
+  """A POSIX path relative to the run folder that cannot leave it."""
+  return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
+          and all(part not in ("", ".", "..") for part in name.split("/")))
+
+
+def _check_checkpoint_entry(entry, refuse, name=None) -> None:
+  if not isinstance(entry, dict) or set(entry) != {"path", "sha256", "files"}:
+    refuse(f"checkpoint fields {sorted(entry) if isinstance(entry, dict) else entry!r}")
+  path = entry["path"]
+  if not isinstance(path, str) or not CHECKPOINT_PATH.fullmatch(path):
+    refuse(f"checkpoint path {path!r} is not checkpoints/<step> inside the run folder")
+  if name is not None and name != path:
+    refuse(f"checkpoint {name!r} recorded under another path {path!r}")
 
 
 def _check_shape(t: tx_lib.Transaction, refuse) -> None:
@@ -270,8 +425,12 @@ def _check_global_model(current: _Round, epsilon: float, body, t, b, refuse):
   if spent < epsilon:
     refuse(f"epsilon decreased from {epsilon} to {spent}")
   checkpoint = body["checkpoint"]
-  if checkpoint is not None and set(checkpoint) != {"path", "sha256", "files"}:
-    refuse(f"checkpoint fields {sorted(checkpoint)}")
+  if checkpoint is not None:
+    _check_checkpoint_entry(checkpoint, refuse)
+  for field in ("metrics_sha256", "config_sha256"):
+    value = body[field]
+    if value is not None and not (isinstance(value, str) and _HEX64.fullmatch(value)):
+      refuse(f"{field} {value!r} is not 64 hex digits")
   return dataclasses.replace(current, closed=True), spent
 
 

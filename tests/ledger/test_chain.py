@@ -29,7 +29,7 @@ def run(tmp_path):
 def round_two(run, **changes):
   """The honest transactions of round 2, with record_round arguments replaced by `changes`."""
   records = simulate.round_records(simulate.synthetic_round(run, 2, PER_ROUND, poisoned=()),
-                                   epsilon=1.5, **changes)
+                                   **{"epsilon": 1.5, **changes})
   return run_ledger.round_transactions(run, 2, run_ledger.round_roles(run, 2), *records)
 
 
@@ -178,11 +178,14 @@ def test_proof_of_work_and_header_are_checked(run):
   honest = seal(run, transactions)
   with pytest.raises(validate.LedgerRefusal, match="hash does not match"):
     validate.append(run.ledger, dataclasses.replace(honest, nonce=honest.nonce + 1))
-  unmined_hash = block_lib.header_hash({**honest.header(), "nonce": honest.nonce + 1})
-  if not block_lib.meets_difficulty(unmined_hash, honest.difficulty):
-    with pytest.raises(validate.LedgerRefusal, match="proof of work"):
-      validate.append(run.ledger, dataclasses.replace(honest, nonce=honest.nonce + 1,
-                                                      hash=unmined_hash))
+  # The first nonce after the mined one whose (correctly computed) hash misses the difficulty:
+  # a block whose hash matches its header but whose work was not done.
+  nonce = next(n for n in range(honest.nonce + 1, honest.nonce + 10_000) if not
+               block_lib.meets_difficulty(
+                   block_lib.header_hash({**honest.header(), "nonce": n}), honest.difficulty))
+  unmined_hash = block_lib.header_hash({**honest.header(), "nonce": nonce})
+  with pytest.raises(validate.LedgerRefusal, match="proof of work"):
+    validate.append(run.ledger, dataclasses.replace(honest, nonce=nonce, hash=unmined_hash))
   assert block_lib.meets_difficulty(honest.hash, 8) and honest.hash.startswith("00")
 
 
@@ -192,12 +195,19 @@ def test_no_registration_after_training_started(run):
     validate.append(run.ledger, seal(run, late, round_index=block_lib.SETUP_ROUND))
 
 
-def test_same_seed_and_inputs_give_identical_blocks(run, tmp_path):
-  again = run_ledger.open_run_ledger(tmp_path / "again", seed=0, num_hospitals=NUM_HOSPITALS)
-  for r in range(2):
-    again = simulate.record_synthetic_round(
-        again, r, simulate.synthetic_round(again, r, PER_ROUND), epsilon=0.5 * (r + 1))
+def test_same_seed_and_inputs_give_identical_blocks(tmp_path):
+  """Only with keys derived from the seed (keys="derived"): random keys differ per run."""
+  def derived_run(run_dir):
+    run = run_ledger.open_run_ledger(run_dir, seed=0, num_hospitals=NUM_HOSPITALS,
+                                     keys="derived")
+    for r in range(2):
+      run = simulate.record_synthetic_round(
+          run, r, simulate.synthetic_round(run, r, PER_ROUND), epsilon=0.5 * (r + 1))
+    return run
+  run, again = derived_run(tmp_path / "run"), derived_run(tmp_path / "again")
   assert [b.hash for b in again.ledger.blocks] == [b.hash for b in run.ledger.blocks]
+  fresh = run_ledger.open_run_ledger(tmp_path / "fresh", seed=0, num_hospitals=NUM_HOSPITALS)
+  assert fresh.ids != run.ids  # the default: random keys, whatever the seed
 
 
 def test_merkle_root_depends_on_order_and_every_transaction(run):

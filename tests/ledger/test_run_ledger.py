@@ -19,8 +19,8 @@ def open_run(run_dir, seed=0, **options):
 
 def record(run, round_index, checkpoint_dir=None, **options):
   synthetic = simulate.synthetic_round(run, round_index, PER_ROUND, **options)
-  return simulate.record_synthetic_round(run, round_index, synthetic, 0.1 * round_index,
-                                         checkpoint_dir)
+  return simulate.record_synthetic_round(run, round_index, synthetic,
+                                         checkpoint_dir=checkpoint_dir)
 
 
 def manager_of(run_dir):
@@ -39,12 +39,15 @@ def record_count(run_dir):
 
 
 def test_open_registers_once_and_reopens_the_same_run(tmp_path):
-  run = open_run(tmp_path)
-  assert [t.kind for t in run.ledger.blocks[0].transactions] == ["register_hospital"] * H
-  again = open_run(tmp_path)
+  run = open_run(tmp_path, keys="derived")
+  assert [t.kind for t in run.ledger.blocks[0].transactions] == ["register_hospital"] * H + [
+      "open_run"]
+  again = open_run(tmp_path, keys="derived")
   assert again.ledger.blocks == run.ledger.blocks and record_count(tmp_path) == 1
   with pytest.raises(ValueError, match="other hospitals"):
-    open_run(tmp_path, seed=1)
+    open_run(tmp_path, seed=1, keys="derived")
+  with pytest.raises(ValueError, match="keys=derived, not random"):
+    open_run(tmp_path)
 
 
 def test_register_data_is_idempotent_and_closed_once_training_starts(tmp_path):
@@ -79,7 +82,7 @@ def test_a_refused_round_is_never_persisted(tmp_path):
                                                                 absolute_threshold=0.01))
   decided_by_default_rule = simulate.synthetic_round(run, 1, PER_ROUND)
   with pytest.raises(validate.LedgerRefusal, match="consensus rule absolute"):
-    simulate.record_synthetic_round(strict, 1, decided_by_default_rule, 0.1)
+    simulate.record_synthetic_round(strict, 1, decided_by_default_rule)
   assert record_count(tmp_path) == 2 and run_ledger.last_recorded_round(open_run(tmp_path)) == 0
 
 
@@ -143,7 +146,7 @@ def test_update_checks_are_recorded_and_enforced(tmp_path):
     run_ledger.record_round(run, 0, roles, *simulate.round_records(
         synthetic, 0.1, update_norms=norms, cosines=cosines, accepted=np.ones(PER_ROUND, bool)))
   run = run_ledger.record_round(run, 0, roles, *simulate.round_records(
-      synthetic, 0.1, update_norms=norms, cosines=cosines, accepted=decided))
+      synthetic, simulate.round_epsilon(run, synthetic), update_norms=norms, cosines=cosines, accepted=decided))
   votes = run.ledger.blocks[-1].transactions[1 + PER_ROUND].body["votes"]
   assert [v["norm"] for v in votes] == pytest.approx(norms.tolist())
   assert [v["cosine"] for v in votes] == pytest.approx(cosines.tolist())

@@ -43,12 +43,12 @@ def audited_run(tmp_path_factory):
   for r in range(2):
     synthetic = simulate.synthetic_round(run, r, 3)
     step_dir = save(manager, r, synthetic.updates[0])
-    run = simulate.record_synthetic_round(run, r, synthetic, 0.5 * (r + 1), step_dir)
+    run = simulate.record_synthetic_round(run, r, synthetic, checkpoint_dir=step_dir)
   synthetic = simulate.synthetic_round(run, 2, 3)
-  run = simulate.record_synthetic_round(run, 2, synthetic, 1.5)
+  run = simulate.record_synthetic_round(run, 2, synthetic)
   run = run_ledger.rollback_to_round(run, 1, "test: redo round 2")
   step_dir = save(manager, 2, synthetic.updates[0])
-  run = simulate.record_synthetic_round(run, 2, synthetic, 1.5, step_dir)
+  run = simulate.record_synthetic_round(run, 2, synthetic, checkpoint_dir=step_dir)
   manager.close()
   return run_dir
 
