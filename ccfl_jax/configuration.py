@@ -86,6 +86,9 @@ def default_config() -> ml_collections.ConfigDict:
   # The run's audit ledger (ccfl_jax/ledger) and the MAE-vote consensus it records (eqs. 14-15).
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True         # False: no ledger, no vote, every sampled update aggregated
+  c.ledger.key_source = "derived"  # derived (from the seed: reproducible, proves nothing) |
+  # random (private keys in the keystore, only public keys published) | pem
+  c.ledger.keystore = ""          # keystore folder; "" = $CCFL_KEYSTORE or the user's data dir
   c.ledger.difficulty = 8         # proof-of-work bits per block
   c.ledger.num_verifiers = 3      # hospitals whose validation batches judge each update
   c.ledger.validation_size = 32   # slices per hospital validation batch, drawn each round
@@ -162,6 +165,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "engine.hospital_axis": ("auto",) + engine.HOSPITAL_AXES,
       "engine.unroll_local_steps": UNROLL_CHOICES,
       "ledger.consensus.rule": consensus.RULES,
+      "ledger.key_source": ("random", "derived", "pem"),
       "attack.kind": attacks.KINDS,
   }
 

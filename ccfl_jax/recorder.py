@@ -132,9 +132,11 @@ def _open_ledger(config, run_dir: pathlib.Path, manager, registrations):
     raise ValueError(f"{run_dir} has checkpoints but no ledger: it was made with "
                      f"ledger.enabled=False; resume it so, or use another run_name")
   c = config.ledger
-  run = run_ledger.open_run_ledger(run_dir, config.seed, config.num_hospitals,
-                                   difficulty=c.difficulty, num_verifiers=c.num_verifiers,
-                                   consensus=ConsensusRule(**c.consensus.to_dict()))
+  run = run_ledger.open_run_ledger(
+      run_dir, config.seed, config.num_hospitals, difficulty=c.difficulty,
+      num_verifiers=c.num_verifiers, consensus=ConsensusRule(**c.consensus.to_dict()),
+      keys=c.key_source, keystore=c.keystore or None,
+      config_sha256=run_ledger.text_sha256((run_dir / "config.json").read_text()))
   run = run_ledger.register_data(run, registrations)
   plan = run_ledger.plan_resume(run, run_dir / "checkpoints")
   for step in plan.unrecorded_steps:  # written just before a crash, never recorded
@@ -191,8 +193,9 @@ class RunRecorder:
     """Metrics line, then the checkpoint if due (before the block: the block carries its
     sha256), then the ledger block."""
     self.records.append(record)
+    line = reporting.json_text(record)
     with self.metrics_path.open("a") as f:
-      f.write(reporting.json_text(record) + "\n")
+      f.write(line + "\n")
     rounds_done = round_index + 1
     checkpoint_dir = None
     if rounds_done % self.config.checkpoint_every == 0 or rounds_done == self.config.num_rounds:
@@ -205,5 +208,16 @@ class RunRecorder:
                               publish_norms=self.config.ledger.consensus.max_norm_ratio > 0)
     model = run_ledger.GlobalModelRecord(
         record["epsilon"], p.delta, p.noise_multiplier, p.clip_norm, checkpoint_dir,
-        None if checkpoint_dir is not None else update_digest(state.params))
+        None if checkpoint_dir is not None else update_digest(state.params),
+        metrics_sha256=run_ledger.text_sha256(line))
     self.ledger = run_ledger.record_round(self.ledger, round_index, roles, evidence, model)
+
+  def close(self, output_names) -> None:
+    """The closing ledger block: sha256 of the run's outputs and its final checkpoint."""
+    if self.ledger is None:
+      return
+    names = [n for n in output_names if (self.run_dir / n).exists()]
+    steps = run_ledger.checkpoint_steps(self.run_dir / "checkpoints")
+    if steps:
+      names.append(f"checkpoints/{steps[-1]}")
+    self.ledger = run_ledger.close_run(self.ledger, {n: self.run_dir / n for n in names})

@@ -119,4 +119,5 @@ def train_and_evaluate(config, run_dir) -> dict:
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
                                 time.time() - started, jax.devices())
   reporting.write_outputs(pathlib.Path(run_dir), summary, run.records)
+  run.close(("summary.json", "summary.md", "curves.png", "votes.png"))
   return summary

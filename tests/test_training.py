@@ -61,7 +61,8 @@ def test_resume_after_stop_and_crash_matches_uninterrupted(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
-  assert "OK: 6 blocks (4 rounds)" in result.stdout  # 2 setup blocks, then one per round
+  # 2 setup blocks, one per round and the closing block
+  assert "OK: 7 blocks (4 rounds, closed)" in result.stdout
   records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
   assert all(sorted(r["accepted"] + r["rejected"]) == r["sampled"] for r in records)
 
@@ -144,7 +145,7 @@ def test_main_rejects_bad_config_in_one_line(tmp_path, override, field):
     (lambda c: c.privacy.__setitem__("clip", 1.0), "privacy.clip: unknown field.*clip_norm"),
     (lambda c: c.model.__setitem__("depth", 3), "config.model.*depth"),
     (lambda c: setattr(c.local_optimizer, "name", "adamz"), "local_optimizer.name.*optax"),
-    (lambda c: setattr(c.attack, "kind", "backdoor"), "attack.kind.*sign_flip"),
+    (lambda c: setattr(c.attack, "kind", "trojan"), "attack.kind.*sign_flip"),
     (lambda c: setattr(c.attack, "num_malicious", 4), "attack.num_malicious"),
     (lambda c: setattr(c.ledger.consensus, "rule", "mean"), "ledger.consensus.rule.*median_mad"),
 ])

@@ -1,4 +1,4 @@
-"""Poisoning hospitals against the ledger's vote (eqs. 14-15 and the update checks).
+r"""Poisoning hospitals against the ledger's vote (eqs. 14-15 and the update checks).
 
   python tools/attacks.py [--rounds 40] [--seeds 0,1,2] [--runs none,sign_flip,scale]
   python tools/attacks.py --runs none,label_flip,gaussian_noise --seeds 0,1 \
@@ -17,7 +17,6 @@ Writes one table (malicious and honest updates rejected over all seeds, final te
 averaged over seeds, against the no-attack run with the same vote and seeds) and the
 per-seed numbers. Run folders: results/attacks/<run>/seed<seed>/.
 """
-import argparse
 import json
 import logging
 import pathlib
@@ -27,6 +26,7 @@ import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
 from ccfl_jax import configuration, training
 from ccfl_jax.ledger import consensus
@@ -46,6 +46,14 @@ RUNS = {  # name: (attack kind, ledger on, update checks on)
 }
 TARGET_RUNS = ("none", "sign_flip", "scale", "none_eq15", "sign_flip_eq15", "scale_eq15",
                "sign_flip_no_vote")  # the issue's targets; label_flip, gaussian_noise on request
+
+flags.DEFINE_integer("rounds", 40, "Federated rounds per run (configs/attack9.py = fed9's 40).")
+flags.DEFINE_string("runs", ",".join(TARGET_RUNS),
+                    f"Comma-separated runs, in table order; any of {', '.join(RUNS)}.")
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds; every run is repeated for each.")
+flags.DEFINE_string("out", str(REPO_ROOT / "results" / "attacks.md"), "Markdown report to write.")
+flags.DEFINE_string("run_root", str(REPO_ROOT / "results" / "attacks"),
+                    "Run folders go to <run_root>/<run>/seed<seed>/ (deleted first if present).")
 
 
 def attack_config(name: str, rounds: int, seed: int = 0):
@@ -227,16 +235,12 @@ def target_lines(results: dict) -> list[str]:
   return lines
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--rounds", type=int, default=40)  # configs/attack9.py = fed9's
-  parser.add_argument("--runs", default=",".join(TARGET_RUNS), help=f"any of {', '.join(RUNS)}")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--out", default=str(REPO_ROOT / "results" / "attacks.md"))
-  parser.add_argument("--run-root", default=str(REPO_ROOT / "results" / "attacks"))
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  args = flags.FLAGS
+  # force: replace the handler absl's app.run installed, so the log reads as before.
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
   started, results = time.time(), {}
   seeds = [int(seed) for seed in args.seeds.split(",")]
   for name in args.runs.split(","):
@@ -262,4 +266,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  app.run(main)

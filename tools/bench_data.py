@@ -7,7 +7,6 @@ Cached: the same `load` call again (source digests from the size/mtime memo, the
 Cached, rehash: a hit whose digest memo was deleted, so every source byte is hashed again (the
 cost of a hit after the files were touched). Every cache lives in a temporary folder.
 """
-import argparse
 import os
 import pathlib
 import platform
@@ -19,9 +18,19 @@ import time
 import warnings
 
 import ml_collections
+from absl import app, flags, logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from ccfl_jax.data import dicom, image_folder  # noqa: E402
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+flags.DEFINE_string("shared", str(_ROOT.parent / "shared" / "data"),
+                    "Folder holding covid_ct_md/ (DICOM) and ucsd_covid_ct/ (PNG/JPG).")
+flags.DEFINE_integer("image_size", 64, "Slices are resized to image_size x image_size.")
+flags.DEFINE_integer("cold_repeats", 2, "Cold loads per dataset, each into a fresh empty cache.")
+flags.DEFINE_integer("cached_repeats", 5,
+                     "Cached loads (and cached-with-rehash loads) after each cold one.")
+flags.DEFINE_string("out", str(_ROOT / "results" / "bench_data.md"), "Markdown report to write.")
 
 
 def dataset_config(name: str, path: pathlib.Path, image_size: int, cache_dir: str):
@@ -86,15 +95,11 @@ def markdown(rows: list[dict], image_size: int, command: str) -> str:
   return "\n".join(lines)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  root = pathlib.Path(__file__).resolve().parents[1]
-  parser.add_argument("--shared", default=str(root.parent / "shared" / "data"))
-  parser.add_argument("--image_size", type=int, default=64)
-  parser.add_argument("--cold_repeats", type=int, default=2)
-  parser.add_argument("--cached_repeats", type=int, default=5)
-  parser.add_argument("--out", default=str(root / "results" / "bench_data.md"))
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  args = flags.FLAGS
   warnings.filterwarnings("ignore", message="Invalid value for VR UI")
   shared = pathlib.Path(args.shared)
   cases = [(dicom, "dicom", shared / "covid_ct_md", "COVID-CT-MD, 2 DICOM volumes (JPEG Lossless, 512x512)"),
@@ -113,4 +118,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,6 +1,6 @@
 """Ledger overhead per round at H = 9, and `verify` throughput on a 1,000-round ledger.
 
-  python tools/bench_ledger.py [--round-seconds S] [--rounds 1000] [--out results/bench_ledger.md]
+  python tools/bench_ledger.py [--round_seconds=S] [--rounds=1000] [--out=results/bench_ledger.md]
 
 Per round, the ledger's host work is timed piece by piece on the small CNN's shapes
 (~60k float32 parameters): an update digest per sampled hospital, sha256 of an orbax
@@ -8,11 +8,10 @@ checkpoint of that tree, and record_round (signing 9 local updates, 3 votes, rou
 global_model, sealing with 8-bit proof of work, validating the block, writing and fsyncing
 its record). It is compared with the time of one federated round: measured by running the
 training loop (configs/fed9.py, phantom data, 9 hospitals x 5 local steps, 64x64) for a
-few rounds unless --round-seconds is given. Then a ledger of --rounds rounds is built
+few rounds unless --round_seconds is given. Then a ledger of --rounds rounds is built
 (digests stand in for updates, no checkpoints) and `verify` and resume (open_run_ledger)
 are timed on it.
 """
-import argparse
 import logging
 import pathlib
 import platform
@@ -23,6 +22,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import app, flags
 
 from ccfl_jax.ledger import audit
 from ccfl_jax.ledger import run_ledger
@@ -30,6 +30,16 @@ from ccfl_jax.ledger import simulate
 from ccfl_jax.ledger.digests import checkpoint_digest, update_digest
 
 H, PER_ROUND = 9, 9
+
+flags.DEFINE_float(
+    "round_seconds", None,
+    "Seconds of one federated round to compare the ledger's work with; unset: measured by "
+    "running configs/fed9.py for 4 rounds (the median of rounds 2-4).")
+flags.DEFINE_integer("rounds", 1000,
+                     "Rounds of the long ledger on which verify and resume are timed.")
+flags.DEFINE_integer(
+    "per_round_samples", 20, "Rounds whose per-round ledger work is timed (medians are reported).")
+flags.DEFINE_string("out", None, "Markdown report to write; unset: only printed.")
 
 
 def timed(fn, *args, **kwargs):
@@ -52,9 +62,9 @@ def per_round_costs(work: pathlib.Path, rounds: int) -> dict[str, float]:
     digests, seconds = timed(lambda: [update_digest(u) for u in synthetic.updates])
     costs["update digests (9)"].append(seconds)
     costs["checkpoint sha256"].append(timed(checkpoint_digest, step_dir)[1])
-    arguments = simulate.round_arguments(synthetic, 0.1 * r)
-    arguments.update(update_digests=digests, checkpoint_dir=step_dir)
-    run, seconds = timed(run_ledger.record_round, run, r, **arguments)
+    records = simulate.round_records(synthetic, 0.1 * r, step_dir, update_digests=tuple(digests))
+    run, seconds = timed(run_ledger.record_round, run, r, run_ledger.round_roles(run, r),
+                         *records)
     costs["record_round"].append(seconds)
   manager.close()
   return {name: statistics.median(values) for name, values in costs.items()}
@@ -80,26 +90,23 @@ def long_ledger(work: pathlib.Path, rounds: int) -> tuple[pathlib.Path, float]:
   tic = time.perf_counter()
   for r in range(rounds):
     synthetic = simulate.synthetic_round(run, r, PER_ROUND)
-    run = run_ledger.record_round(run, r, **_cheap_arguments(synthetic, r, rng))
+    run = run_ledger.record_round(run, r, run_ledger.round_roles(run, r),
+                                  *_cheap_records(synthetic, r, rng))
   return run.run_dir, time.perf_counter() - tic
 
 
-def _cheap_arguments(synthetic, r, rng) -> dict:
-  """record_round's arguments without hashing 9 x 60k parameters (the build is not timed)."""
-  return dict(sampled=synthetic.sampled, update_digests=[rng.bytes(32).hex() for _ in range(9)],
-              local_maes=synthetic.local_maes, mae_matrix=synthetic.mae_matrix,
-              vote_scores=synthetic.vote_scores, accepted=synthetic.accepted,
-              epsilon=0.01 * r, delta=1e-5, sigma=1.0, clip_norm=1.0)
+def _cheap_records(synthetic, r, rng):
+  """record_round's records without hashing 9 x 60k parameters (the build is not timed)."""
+  return simulate.round_records(synthetic, 0.01 * r, None,
+                                update_digests=tuple(rng.bytes(32).hex() for _ in range(9)),
+                                update_norms=None, cosines=None, params_digest=None)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--round-seconds", type=float, default=None)
-  parser.add_argument("--rounds", type=int, default=1000)
-  parser.add_argument("--per-round-samples", type=int, default=20)
-  parser.add_argument("--out", type=pathlib.Path, default=None)
-  args = parser.parse_args(argv)
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  args = flags.FLAGS
+  logging.root.setLevel(logging.WARNING)  # as before absl's app.run set it to INFO
   logging.getLogger("absl").setLevel(logging.ERROR)
   with tempfile.TemporaryDirectory() as tmp:
     work = pathlib.Path(tmp)
@@ -107,7 +114,7 @@ def main(argv=None) -> int:
     if args.round_seconds is None:
       round_seconds, source = measured_round_seconds(work), "measured: configs/fed9.py, 4 rounds"
     else:
-      round_seconds, source = args.round_seconds, "given with --round-seconds"
+      round_seconds, source = args.round_seconds, "given with --round_seconds"
     run_dir, build_seconds = long_ledger(work, args.rounds)
     report, verify_seconds = timed(audit.verify_run, run_dir)
     assert report.ok, report.failure
@@ -136,9 +143,9 @@ def main(argv=None) -> int:
   text = "\n".join(lines)
   print(text)
   if args.out:
-    args.out.write_text(text)
+    pathlib.Path(args.out).write_text(text)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -2,7 +2,7 @@ r"""Forward+backward cost of every registered model: milliseconds per step at ba
 this CPU, parameter count, XLA's FLOP count per step, and the capsule head's share of
 IV3*'s step.
 
-  python tools/bench_models.py [--steps 5] [--out results/bench_models.md]
+  python tools/bench_models.py [--steps=5] [--out=results/bench_models.md]
 
 A step is `jax.value_and_grad` of the model's mean loss (no optimizer update), jitted;
 the median of `--steps` runs after one compiling run. Each model at its default (full)
@@ -12,13 +12,13 @@ The capsule head's share is the time of a forward+backward of `iv3_capsule`'s he
 (on features of the shape the extractor produces, gradients for its parameters and its
 input) over the whole model's step.
 """
-import argparse
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags, logging
 
 from ccfl_jax.models import get_model, model_names, parameter_count
 from ccfl_jax.models.iv3_capsule import CapsuleHead
@@ -27,6 +27,9 @@ from ccfl_jax.models.layers.inception import InceptionV3Features
 BATCH = 32
 IMAGE_SIZE = {"capsnet": 28, "iv3_capsule": 75, "iv3_mlp": 75}
 DEFAULT_IMAGE_SIZE = 64
+
+flags.DEFINE_integer("steps", 5, "Timed steps per model (median reported), after one compiling run.")
+flags.DEFINE_string("out", "results/bench_models.md", "Markdown report to write.")
 
 
 def flops(compiled) -> float:
@@ -82,11 +85,11 @@ def bench_capsule_head(steps: int):
   return feature_shape, parameter_count(params), *time_step(step, params, features, steps=steps)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--out", default="results/bench_models.md")
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  args = flags.FLAGS
   rows, step_ms = [], {}
   for name in model_names():
     size, count, compile_seconds, ms, step_flops = bench_model(name, args.steps)
@@ -130,4 +133,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -6,17 +6,17 @@ to 20x20, fixed stratified split (80% train / 20% test, seed 0). A small Sabour 
 256-512) trained with Adam and random shifts of up to 2 pixels (Sabour's augmentation), for
 the routing-iteration ablation r = 1 and r = 3, and the 'paper' variant at r = 3.
 
-  python tools/capsule_digits.py [--epochs 30] [--out results/capsule_digits.md]
+  python tools/capsule_digits.py [--epochs=30] [--out=results/capsule_digits.md]
 
 About 1-3 minutes per run on a shared 2-core CPU.
 """
-import argparse
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags, logging
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -27,6 +27,14 @@ IMAGE_SIZE = 20
 SMALL_CAPSNET = dict(num_classes=10, conv_features=64, conv_kernel=5, primary_capsules=8,
                      primary_capsule_dim=8, primary_kernel=5, class_capsule_dim=16,
                      decoder_widths=(256, 512))
+
+flags.DEFINE_integer("epochs", 30, "Training epochs of each run.")
+flags.DEFINE_integer("batch_size", 64, "Images per Adam step.")
+flags.DEFINE_integer("seed", 0, "Seed of the model init, the batch order and the shifts.")
+flags.DEFINE_string("out", "results/capsule_digits.md", "Markdown report to write.")
+flags.DEFINE_string("runs", "sabour:1:3e-3,sabour:3:3e-3,paper:3:3e-3",
+                    "Comma-separated runs, each variant:routing_iterations:peak_learning_rate "
+                    "(variant 'sabour' or 'paper').")
 
 
 def digit_images():
@@ -69,15 +77,11 @@ def train_and_test(kwargs, data, epochs, batch_size, seed, learning_rate=3e-3):
               seconds=seconds, parameters=parameter_count(params))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--epochs", type=int, default=30)
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default="results/capsule_digits.md")
-  parser.add_argument("--runs", default="sabour:1:3e-3,sabour:3:3e-3,paper:3:3e-3",
-                      help="comma-separated variant:routing_iterations:peak_learning_rate")
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  args = flags.FLAGS
   images, labels = digit_images()
   train_x, test_x, train_y, test_y = train_test_split(images, labels, test_size=0.2,
                                                       random_state=0, stratify=labels)
@@ -116,4 +120,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

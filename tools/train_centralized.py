@@ -1,8 +1,8 @@
 r"""Centralized (one-site) training of a registered model on a real image-folder dataset,
 evaluated on its official val split: the non-federated baseline of the paper's Table III.
 
-  python tools/train_centralized.py --model iv3_capsule --image-size 96 --epochs 30 \
-      --model-kwargs '{"width_multiplier": 0.25}' --out results/iv3_capsule_ucsd.md
+  python tools/train_centralized.py --model=iv3_capsule --image_size=96 --epochs=30 \
+      --model_kwargs='{"width_multiplier": 0.25}' --out=results/iv3_capsule_ucsd.md
 
 Trains on the `train` split of labels.csv, reports precision, sensitivity, specificity,
 accuracy and AUC (`ccfl_jax.metrics`) on the `val` split after the last epoch; no model
@@ -17,17 +17,18 @@ model's output becomes the same for every image (it then fits only the batch's l
 mean: loss stuck at 0.688, it cannot even overfit 64 images). At 1e-4 the same models
 overfit 64 images in 40 steps. Hence the default 1e-4 with a short warm-up.
 """
-import argparse
 import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags, logging
 
+from ccfl_jax import inference
 from ccfl_jax.configuration import default_config
 from ccfl_jax.data.datasets import load_dataset
+from ccfl_jax.federated import client
 from ccfl_jax.metrics import classification_metrics
 from ccfl_jax.models import get_model, parameter_count
 
@@ -42,44 +43,35 @@ def augment(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
 
 
 def make_train_step(spec, optimizer):
-  @jax.jit
-  def train_step(params, opt_state, images, labels):
-    def mean_loss(p):
-      return jnp.mean(spec.loss(spec.module.apply(p, images, train=True), images, labels))
-    loss, grads = jax.value_and_grad(mean_loss)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-  return train_step
+  """The federated client's optimizer step (client.train_step), jitted."""
+  return jax.jit(client.train_step(spec, optimizer))
 
 
-def make_covid_probabilities(spec, batch_size=64):
-  """params, images -> P(COVID) per image, in fixed-size (padded) batches: one compilation."""
-  predict = jax.jit(lambda p, x: spec.probabilities(spec.module.apply(p, x))[:, 1])
+def define_flags():
+  """The CLI's flags; defined only when run as a script (capsule_digits imports this module)."""
+  flags.DEFINE_string("model", "iv3_capsule", "Registered model name (ccfl_jax.models).")
+  flags.DEFINE_string("model_kwargs", "{}",
+                      "JSON object of the model's constructor kwargs, e.g. "
+                      "'{\"width_multiplier\": 0.25}'.")
+  flags.DEFINE_string("data", "../shared/data/ucsd_covid_ct",
+                      "Image folder with labels.csv and an official train/val split.")
+  flags.DEFINE_integer("image_size", 96, "Images are resized (aspect kept, padded) to this size.")
+  flags.DEFINE_integer("epochs", 30, "Training epochs over the train split.")
+  flags.DEFINE_integer("batch_size", 32, "Images per optimizer step.")
+  flags.DEFINE_float("learning_rate", 1e-4,
+                     "Peak AdamW learning rate (1e-3 collapses IV3 from scratch).")
+  flags.DEFINE_float("warmup_epochs", 1.0,
+                     "Epochs of linear warm-up from 0 to the peak, then cosine decay.")
+  flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay.")
+  flags.DEFINE_integer("seed", 0, "Seed of the model init, the batch order and augmentation.")
+  flags.DEFINE_string("out", "results/iv3_capsule_ucsd.md", "Markdown report to write.")
 
-  def covid_probabilities(params, images):
-    padding = -len(images) % batch_size
-    padded = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
-    return np.concatenate([predict(params, padded[i:i + batch_size])
-                           for i in range(0, len(padded), batch_size)])[:len(images)]
-  return covid_probabilities
 
-
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model", default="iv3_capsule")
-  parser.add_argument("--model-kwargs", default="{}", help="JSON constructor kwargs")
-  parser.add_argument("--data", default="../shared/data/ucsd_covid_ct")
-  parser.add_argument("--image-size", type=int, default=96)
-  parser.add_argument("--epochs", type=int, default=30)
-  parser.add_argument("--batch-size", type=int, default=32)
-  parser.add_argument("--learning-rate", type=float, default=1e-4,
-                      help="peak AdamW learning rate (1e-3 collapses IV3 from scratch)")
-  parser.add_argument("--warmup-epochs", type=float, default=1.0,
-                      help="linear warm-up from 0 to the peak, then cosine decay")
-  parser.add_argument("--weight-decay", type=float, default=1e-4)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default="results/iv3_capsule_ucsd.md")
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  args = flags.FLAGS
 
   dataset = default_config().dataset
   dataset.name, dataset.path, dataset.image_size = "image_folder", args.data, args.image_size
@@ -99,7 +91,6 @@ def main():
   optimizer = optax.adamw(schedule, weight_decay=args.weight_decay)
   opt_state = optimizer.init(params)
   train_step = make_train_step(spec, optimizer)
-  covid_probabilities = make_covid_probabilities(spec)
   rng = np.random.default_rng(args.seed)
   history, start = [], time.time()
   for epoch in range(args.epochs):
@@ -110,20 +101,22 @@ def main():
                                            train.labels[batch])
       losses.append(float(loss))
     if (epoch + 1) % 5 == 0 or epoch + 1 == args.epochs:
-      auc = classification_metrics(val.labels, covid_probabilities(params, val.images))["auc"]
+      val_probabilities = inference.covid_probabilities(spec, params, val.images)
+      auc = classification_metrics(val.labels, val_probabilities)["auc"]
       history.append((epoch + 1, float(np.mean(losses)), auc, time.time() - start))
       print(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}, val AUC {auc:.3f}, "
             f"{time.time() - start:.0f} s", flush=True)
-  metrics = classification_metrics(val.labels, covid_probabilities(params, val.images))
+  metrics = classification_metrics(val.labels,
+                                   inference.covid_probabilities(spec, params, val.images))
   print(metrics)
 
   names = ("precision", "sensitivity", "specificity", "accuracy", "f1", "auc")
   report = "\n".join([
       f"# `{args.model}` trained centrally on UCSD COVID-CT, evaluated on its val split",
       "",
-      f"`python tools/train_centralized.py --model {args.model} --image-size {args.image_size} "
-      f"--epochs {args.epochs} --learning-rate {args.learning_rate} --warmup-epochs "
-      f"{args.warmup_epochs} --weight-decay {args.weight_decay} --model-kwargs "
+      f"`python tools/train_centralized.py --model {args.model} --image_size {args.image_size} "
+      f"--epochs {args.epochs} --learning_rate {args.learning_rate} --warmup_epochs "
+      f"{args.warmup_epochs} --weight_decay {args.weight_decay} --model_kwargs "
       f"'{args.model_kwargs}'` (seed {args.seed}).",
       "",
       f"- Data: {args.data} via `ccfl_jax.data.image_folder` (grayscale, aspect-preserving "
@@ -153,4 +146,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

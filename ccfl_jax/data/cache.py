@@ -15,12 +15,12 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 import time
 from typing import Callable, Iterable
 
 import numpy as np
+from absl import app, flags
 
 from ccfl_jax.data.errors import SkippedFile
 from ccfl_jax.data.real_slices import RealSlices
@@ -162,9 +162,11 @@ def clear(cache_dir: str = "") -> pathlib.Path:
 
 def main(argv: list[str]) -> None:
   """`python -m ccfl_jax.data.cache [--clear] [--cache_dir=DIR]`: shows or clears the cache."""
-  cache_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("--cache_dir=")), "")
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cache_dir = flags.FLAGS.cache_dir
   folder = cache_root(cache_dir) / "slices"
-  if "--clear" in argv:
+  if flags.FLAGS.clear:
     print(f"cleared {clear(cache_dir)}")
     return
   entries = sorted(folder.glob("*.npz")) if folder.exists() else []
@@ -173,5 +175,14 @@ def main(argv: list[str]) -> None:
         "(clear with: python -m ccfl_jax.data.cache --clear)")
 
 
+def cli() -> None:
+  """The command line; its flags are defined here, so importing this module defines none."""
+  flags.DEFINE_bool("clear", False, "Delete every cached entry and digest memo (default: only "
+                    "show the cache's folder, entry count and size).")
+  flags.DEFINE_string("cache_dir", "", "The cache folder, as config.dataset.cache_dir; '' = "
+                      "$XDG_CACHE_HOME/ccfl_jax (default ~/.cache/ccfl_jax).")
+  app.run(main)
+
+
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli()

@@ -1,4 +1,8 @@
 """Preprocessing cache: a hit skips decoding; a changed parameter or source file misses."""
+import pathlib
+import subprocess
+import sys
+
 import ml_collections
 from PIL import Image
 
@@ -49,5 +53,9 @@ def test_cache_location_and_clear(tmp_path, monkeypatch):
   make_folder(tmp_path / "d")
   image_folder.load(config(tmp_path / "d", tmp_path), 0)
   assert list((tmp_path / "cache" / "slices").glob("image_folder-*.npz"))
-  cache.main([f"--cache_dir={tmp_path / 'cache'}", "--clear"])
+  done = subprocess.run([sys.executable, "-m", "ccfl_jax.data.cache",
+                         f"--cache_dir={tmp_path / 'cache'}", "--clear"],
+                        cwd=pathlib.Path(__file__).resolve().parents[2], capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
   assert not (tmp_path / "cache" / "slices").exists()
