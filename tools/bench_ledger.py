@@ -62,7 +62,8 @@ def per_round_costs(work: pathlib.Path, rounds: int) -> dict[str, float]:
     digests, seconds = timed(lambda: [update_digest(u) for u in synthetic.updates])
     costs["update digests (9)"].append(seconds)
     costs["checkpoint sha256"].append(timed(checkpoint_digest, step_dir)[1])
-    records = simulate.round_records(synthetic, 0.1 * r, step_dir, update_digests=tuple(digests))
+    records = simulate.round_records(synthetic, simulate.round_epsilon(run, synthetic), step_dir,
+                                     update_digests=tuple(digests))
     run, seconds = timed(run_ledger.record_round, run, r, run_ledger.round_roles(run, r),
                          *records)
     costs["record_round"].append(seconds)
@@ -91,13 +92,13 @@ def long_ledger(work: pathlib.Path, rounds: int) -> tuple[pathlib.Path, float]:
   for r in range(rounds):
     synthetic = simulate.synthetic_round(run, r, PER_ROUND)
     run = run_ledger.record_round(run, r, run_ledger.round_roles(run, r),
-                                  *_cheap_records(synthetic, r, rng))
+                                  *_cheap_records(run, synthetic, rng))
   return run.run_dir, time.perf_counter() - tic
 
 
-def _cheap_records(synthetic, r, rng):
+def _cheap_records(run, synthetic, rng):
   """record_round's records without hashing 9 x 60k parameters (the build is not timed)."""
-  return simulate.round_records(synthetic, 0.01 * r, None,
+  return simulate.round_records(synthetic, simulate.round_epsilon(run, synthetic), None,
                                 update_digests=tuple(rng.bytes(32).hex() for _ in range(9)),
                                 update_norms=None, cosines=None, params_digest=None)
 
