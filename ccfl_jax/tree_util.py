@@ -2,8 +2,6 @@
 
 A "stacked" tree holds one entry per hospital on the leading axis of every leaf.
 """
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,23 +31,3 @@ def pad_leading(array: np.ndarray, size: int) -> np.ndarray:
 def round_up(count: int, multiple: int) -> int:
   """The smallest multiple of `multiple` that is >= count."""
   return -(-count // multiple) * multiple
-
-
-def nan_to_none(value):
-  """`value` with every NaN or infinite float (also inside dicts and lists) replaced by None.
-
-  A None metric is undefined (precision with no positive prediction, AUC of a one-class test
-  set) or unbounded (epsilon without noise); strict JSON has no token for either.
-  """
-  if isinstance(value, (float, np.floating)):
-    return float(value) if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {k: nan_to_none(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [nan_to_none(v) for v in value]
-  return value
-
-
-def none_to_nan(values) -> np.ndarray:
-  """A sequence of numbers and None (as read back from JSON) -> float64 array, None as NaN."""
-  return np.array([np.nan if v is None else v for v in values], np.float64)

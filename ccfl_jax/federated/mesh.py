@@ -3,6 +3,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from ccfl_jax import tree_util
+
 HOSPITAL_AXIS = "hospitals"
 
 
@@ -17,17 +19,13 @@ def hospital_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.array(devices), (HOSPITAL_AXIS,))
 
 
-def padded_size(count: int, num_devices: int) -> int:
-  return -(-count // num_devices) * num_devices
-
-
 def pad_sampled(sampled: np.ndarray, num_devices: int):
   """Sampled hospital ids padded to a multiple of the device count, and their weights.
 
   Padding repeats hospital 0 with weight 0: it is trained (the step is one static
   shape) but contributes nothing to the aggregate.
   """
-  size = padded_size(len(sampled), num_devices)
+  size = tree_util.round_up(len(sampled), num_devices)
   ids = np.zeros(size, np.int32)
   ids[:len(sampled)] = sampled
   weights = np.zeros(size, np.float32)
