@@ -76,11 +76,25 @@ def make_evaluator(model: models.ModelSpec, images, labels, batch_size: int):
   return evaluate
 
 
+@functools.cache
+def probability_function(model: models.ModelSpec):
+  """jit(params, images) -> P(COVID-19) for one batch (unlabelled images: no loss)."""
+
+  @jax.jit
+  def probabilities(params, images):
+    return model.probabilities(model.module.apply(params, images))[:, 1]
+
+  return probabilities
+
+
 def covid_probabilities(model: models.ModelSpec, params, images: np.ndarray,
                         batch_size: int = 64) -> np.ndarray:
-  """P(COVID-19) per image (unlabelled: the loss is computed on dummy labels and dropped)."""
-  images = np.asarray(images, np.float32)
-  return make_evaluator(model, images, np.zeros(len(images), np.int32), batch_size)(params)[1]
+  """P(COVID-19) per image, in zero-padded batches of `batch_size` (one compiled shape)."""
+  n = len(images)
+  padded = jnp.asarray(_padded(np.asarray(images, np.float32), batch_size))
+  probabilities = probability_function(model)
+  return np.concatenate([np.asarray(probabilities(params, padded[i:i + batch_size]))
+                         for i in range(0, len(padded), batch_size)])[:n]
 
 
 def patient_score(probabilities, top_fraction: float = DEFAULT_TOP_FRACTION) -> float:

@@ -19,6 +19,8 @@ import pathlib
 
 import numpy as np
 
+from ccfl_jax.nulls import none_to, strict_json
+
 METRIC_NAMES = ("accuracy", "precision", "sensitivity", "specificity", "auc")
 LOSS_NAMES = {"local_loss": "training\n(mean over the\nsampled hospitals)",
               "test_loss": "test\n(held-out patients)"}
@@ -34,22 +36,6 @@ VOTE_STATES = {NOT_SAMPLED: ("not sampled", "#e6e6e6"), ACCEPTED: ("accepted", "
 HOSPITAL_LISTS = ("sampled", "accepted", "rejected")
 
 LOG = logging.getLogger("ccfl_jax")
-
-
-def strict_json(value):
-  """`value` with every NaN or infinite float replaced by None, so json.dumps writes strict JSON.
-
-  Python's json writes NaN and Infinity, which jq, JavaScript and most JSON readers refuse.
-  A null metric is one that is undefined (precision with no positive prediction, AUC of a
-  one-class test set) or unbounded (epsilon without noise).
-  """
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {k: strict_json(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [strict_json(v) for v in value]
-  return value
 
 
 def json_text(value, **kwargs) -> str:
@@ -402,10 +388,6 @@ def write_tensorboard(log_dir, records: list[dict]) -> None:
 # curves.png and votes.png
 
 
-def _plottable(value) -> float:
-  return math.nan if value is None else value
-
-
 def _figure(width: float, height: float):
   """A matplotlib Figure with constrained layout, drawn by Agg without touching pyplot."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
@@ -433,21 +415,21 @@ def _legend_outside(ax) -> None:
 
 def _plot_metrics(ax, records, rounds) -> None:
   for name in METRIC_NAMES:
-    ax.plot(rounds, [_plottable(r[name]) for r in records], label=name, **_line_style(rounds))
+    ax.plot(rounds, [none_to(r[name]) for r in records], label=name, **_line_style(rounds))
   ax.set(ylabel="test metric (slice level)", title="test metrics", ylim=(-0.02, 1.02))
   _legend_outside(ax)
 
 
 def _plot_losses(ax, records, rounds) -> None:
   for name, label in LOSS_NAMES.items():
-    ax.plot(rounds, [_plottable(r.get(name)) for r in records], label=label,
+    ax.plot(rounds, [none_to(r.get(name)) for r in records], label=label,
             **_line_style(rounds))
   ax.set(ylabel="loss", title="losses")
   _legend_outside(ax)
 
 
 def _plot_epsilon(ax, records, rounds) -> None:
-  epsilons = [_plottable(r["epsilon"]) for r in records]
+  epsilons = [none_to(r["epsilon"]) for r in records]
   ax.set(ylabel="ε (privacy loss)", title=f"ε at δ = {records[-1]['delta']:g}")
   if not any(math.isfinite(e) for e in epsilons):
     ax.text(0.5, 0.5, "ε = ∞\n(no noise, σ = 0)", ha="center", va="center", fontsize=12,

@@ -17,7 +17,7 @@ a checkpoint and writing its block leaves exactly that, and resume deletes them.
 Why proof of work stays, and what it does not do. Every block is already signed by many
 hospitals: the round's leader, each sampled hospital (its update) and each verifier of the
 panel (its vote). Once each hospital holds its own key, that is a quorum: rewriting a round
-needs the keys of everyone who signed in it, and `--trusted-keys` (the public keys obtained
+needs the keys of everyone who signed in it, and `--trusted_keys` (the public keys obtained
 out of band) makes a re-signed ledger fail; a pinned head (`--head`, as Certificate
 Transparency publishes signed tree heads) makes a truncated one fail. Those two anchors, not
 hashing, are what make the audit unforgeable; a quorum of hospital signatures on each block
@@ -27,7 +27,7 @@ deployment and the natural next step (one more signature per hospital per block)
 Proof of work is the paper's mechanism and is kept for fidelity and because it is cheap to
 check, but it buys only a cost: about 2^d hashes per rewritten block (d = 8 by default: a
 few milliseconds), paid once by whoever holds the keys. It never proves who wrote a block;
-it only means a verifier who insists on a high `--min-difficulty` (its own, never the
+it only means a verifier who insists on a high `--min_difficulty` (its own, never the
 ledger's) makes a rewrite slower. Without trusted keys, a ledger re-signed with fresh keys
 at that difficulty verifies, and verify says so.
 """
@@ -46,6 +46,7 @@ from ccfl_jax.ledger import validate
 from ccfl_jax.ledger.canonical import sha256_hex
 from ccfl_jax.ledger.digests import (UnsafePath, checkpoint_digest, confined_checkpoint,
                                      file_sha256)
+from ccfl_jax.nulls import none_to
 
 EPSILON_RTOL = 1e-6
 OUTPUT_FILES = ("summary.json", "summary.md", "curves.png")
@@ -165,7 +166,7 @@ def read_trusted_keys(path) -> tuple[bytes, ...]:
 
 def _check_trusted_keys(ledger, trusted_keys, missing) -> list[str]:
   if trusted_keys is None:
-    missing.append("no trusted keys (--trusted-keys): the signatures prove only that the "
+    missing.append("no trusted keys (--trusted_keys): the signatures prove only that the "
                    "ledger is internally consistent, not who signed it (a ledger rewritten and "
                    "re-signed with fresh keys passes)")
     return []
@@ -252,7 +253,7 @@ def _check_epsilons(ledger) -> list[str]:
   for b in _round_blocks(ledger):
     body = b.transactions[-1].body
     rounds.append((int(body["num_sampled"]), float(body["sigma"])))
-    recorded = math.inf if body["epsilon"] is None else body["epsilon"]
+    recorded = none_to(body["epsilon"], math.inf)
     expected = accountant_epsilon(num_hospitals, rounds, body["delta"])
     _compare_epsilon(b, recorded, expected, num_hospitals, rounds, body["delta"])
   if not rounds:
@@ -472,7 +473,7 @@ def head(run_dir) -> str:
 
 
 def public_keys(run_dir) -> tuple[str, ...]:
-  """The registered hospitals' public keys (hex, hospital order): a --trusted-keys file."""
+  """The registered hospitals' public keys (hex, hospital order): a --trusted_keys file."""
   return tuple(k.hex() for k in run_ledger.registered_public_keys(load_chain(run_dir)[1]))
 
 
@@ -489,7 +490,9 @@ def show(run_dir) -> str:
            f"{ledger.state.difficulty}, head {ledger.head_hash}",
            f"{'block':>5} {'round':>5} {'leader':>6} {'txs':>4}  {'hash':<16}  contents"]
   for b in ledger.blocks:
-    shown_round = "close" if b.round == block_lib.CLOSING_ROUND else b.round
+    # Rounds counted from 1, as metrics.jsonl, summary.md and checkpoints/<n> count them.
+    shown_round = ("close" if b.round == block_lib.CLOSING_ROUND
+                   else "setup" if b.round < 0 else b.round + 1)
     lines.append(f"{b.index:>5} {shown_round:>5} {name(b.leader):>6} {len(b.transactions):>4}  "
                  f"{b.hash[:16]}  {_contents(b, name)}")
   return "\n".join(lines)

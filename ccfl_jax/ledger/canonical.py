@@ -1,15 +1,14 @@
 """The one byte encoding that everything on the ledger is hashed and signed over.
 
 Canonical JSON: keys sorted, no whitespace (separators `,` and `:`), UTF-8, no NaN or
-infinity (`allow_nan=False`: a non-finite number must be stored as null by the caller, so
-that two writers never disagree on its spelling). Bytes travel as lowercase hex strings,
+infinity (`allow_nan=False`: a non-finite number must be stored as null by the caller,
+`ccfl_jax.nulls.finite_or_none`, so that two writers never disagree on its spelling). Bytes travel as lowercase hex strings,
 integers as JSON integers, floats as Python's shortest round-tripping repr. The same value
 therefore always encodes to the same bytes, and re-encoding a parsed record reproduces the
 file byte for byte, which is how a flipped byte that still parses is caught.
 """
 import hashlib
 import json
-import math
 
 
 def canonical_json(value) -> bytes:
@@ -20,9 +19,3 @@ def canonical_json(value) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
-
-
-def finite_or_none(x) -> float | None:
-  """A float for the ledger: NaN and infinities become null (JSON has no spelling for them)."""
-  x = float(x)
-  return x if math.isfinite(x) else None

@@ -3,7 +3,7 @@
 Layout: `<root>/<run id>/hospital_<h>.pem`, one PEM (secp256k1, identity.py) per hospital
 index, files 0600 in a folder 0700, plus `public_keys.txt` (one compressed public key in hex
 per line, hospital order): the file to hand to auditors out of band for
-`python -m ccfl_jax.ledger verify --trusted-keys`. The run id is random and recorded in the
+`python -m ccfl_jax.ledger verify --trusted_keys`. The run id is random and recorded in the
 run's genesis block, so a resume finds its keys and a run folder never names a secret.
 
 The root is, first found: the `keystore` argument (config `ledger.keystore`), the

@@ -34,7 +34,8 @@ import dataclasses
 import json
 
 from ccfl_jax.ledger import identity as identity_lib
-from ccfl_jax.ledger.canonical import canonical_json, finite_or_none, sha256_hex
+from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
+from ccfl_jax.nulls import finite_or_none
 
 FIELDS = {
     "register_hospital": ("hospital", "public_key"),

@@ -39,6 +39,7 @@ from ccfl_jax.ledger import identity as identity_lib
 from ccfl_jax.ledger import store
 from ccfl_jax.ledger import transactions as tx_lib
 from ccfl_jax.ledger.digests import CHECKPOINT_PATH
+from ccfl_jax.nulls import none_to
 
 # Scores are float32 computed inside jit: a recomputation may differ by an ulp or two.
 SCORE_TOLERANCE = 1e-5
@@ -174,7 +175,7 @@ def _genesis_ledger(record, min_difficulty: int) -> Ledger:
   difficulty = record.content.difficulty
   if difficulty < min_difficulty:
     raise LedgerRefusal(f"proof of work: difficulty {difficulty} is below the verifier's "
-                        f"minimum {min_difficulty} (--min-difficulty)", 0, record.content.round)
+                        f"minimum {min_difficulty} (--min_difficulty)", 0, record.content.round)
   return empty_ledger(difficulty)
 
 
@@ -421,7 +422,7 @@ def _check_global_model(current: _Round, epsilon: float, body, t, b, refuse):
   if set(accepted) != by_majority:
     refuse("accepted hospitals differ from the majority of the votes")
   _check_consensus(current, set(accepted), refuse)
-  spent = math.inf if body["epsilon"] is None else body["epsilon"]
+  spent = none_to(body["epsilon"], math.inf)
   if spent < epsilon:
     refuse(f"epsilon decreased from {epsilon} to {spent}")
   checkpoint = body["checkpoint"]
@@ -436,14 +437,14 @@ def _check_global_model(current: _Round, epsilon: float, body, t, b, refuse):
 
 def _recorded(entries, field: str) -> np.ndarray:
   """One recorded field of a vote's entries as float64, None (or absent) as NaN."""
-  return np.array([np.nan if e.get(field) is None else e[field] for e in entries], np.float64)
+  return np.array([none_to(e.get(field)) for e in entries], np.float64)
 
 
 def _check_consensus(current: _Round, accepted: set, refuse) -> None:
   """Recompute eq. 15 from the recorded MAEs, and the rule from the scores, norms, cosines."""
   rule = current.rule
   hospitals = [h for h, _ in current.updates]
-  self_mae = np.array([np.nan if m is None else m for _, m in current.updates], np.float64)
+  self_mae = np.array([none_to(m) for _, m in current.updates], np.float64)
   measured = np.array([_recorded(entries, "mae")
                        for _, entries in current.votes]).T  # [update, verifier]
   first = current.votes[0][1]

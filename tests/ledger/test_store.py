@@ -186,6 +186,12 @@ def test_cli_verify_and_show(audited_run, capsys, tmp_path):
   assert cli.main(["show", str(audited_run)]) == 0
   shown = capsys.readouterr().out
   assert "register_data x3" in shown and "checkpoint checkpoints/2" in shown
+  round_column = [line.split()[1] for line in shown.splitlines()[2:]]
+  assert round_column == ["setup", "setup", "1", "2", "3"]  # rounds from 1, as metrics count
+  assert cli.main(["show", str(audited_run), "--head=x"]) == 0  # show ignores verify's anchors
+  capsys.readouterr()
+  assert cli.main(["shw", str(audited_run)]) == 2
+  assert "expected `python -m ccfl_jax.ledger {verify|show|head|keys}" in capsys.readouterr().err
   copy = tmp_path / "run"
   shutil.copytree(audited_run, copy)
   flip(ledger_files(copy)[1], 40)

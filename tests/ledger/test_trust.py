@@ -128,9 +128,9 @@ def test_the_real_run_verifies_with_its_anchors_and_says_what_is_missing_without
   bare = audit.verify_run(run_dir).summary()
   assert bare.startswith("OK") and "not established: no trusted keys" in bare
   assert "internal" in bare and "not established: no pinned head" in bare
-  assert cli.main(["show", str(run_dir), "--head"]) == 0
+  assert cli.main(["head", str(run_dir)]) == 0
   assert capsys.readouterr().out.strip() == head
-  assert cli.main(["verify", str(run_dir), "--trusted-keys", str(keys_file), "--head", head]) == 0
+  assert cli.main(["verify", str(run_dir), "--trusted_keys", str(keys_file), "--head", head]) == 0
   assert capsys.readouterr().out.startswith("OK")
 
 
@@ -226,7 +226,7 @@ def test_rewrite_with_fresh_random_keys_at_difficulty_zero(real, copy, tmp_path)
   assert lax.ok and "no trusted keys" in lax.summary()  # nothing else could tell
   failed(verify(copy, real, min_difficulty=0, head=None), "not among the 4 trusted keys")
   keys_file = real[2]
-  assert cli.main(["verify", str(copy), "--min-difficulty", "0", "--trusted-keys",
+  assert cli.main(["verify", str(copy), "--min_difficulty", "0", "--trusted_keys",
                    str(keys_file)]) == 1
 
 
