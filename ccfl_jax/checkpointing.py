@@ -1,5 +1,6 @@
 """Run state on disk with orbax: global params, server optimizer state, round, RNG seed and the
-privacy accountant's history (the m_t of every round, from which ε is recomposed).
+privacy accountant's history (the m_t and σ_t of every round, from which ε is recomposed:
+a run resumed with `resume_force` and another σ charges each round at its own σ_t).
 
 Layout of a run directory: `config.json` (the full config), `checkpoints/<round>/` (orbax),
 `metrics.jsonl`, `summary.json`, `summary.md`. This module only saves and restores;
@@ -7,6 +8,7 @@ Layout of a run directory: `config.json` (the full config), `checkpoints/<round>
 """
 import json
 import pathlib
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -22,31 +24,46 @@ def checkpoint_manager(run_dir, max_to_keep: int = 3) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
-def run_state_tree(state: server.ServerState, rounds_done: int, seed: int, hospitals_per_round):
+class PrivacyHistory(NamedTuple):
+  """What the accountant composes: per round done, the m_t sampled and the σ_t applied."""
+  sampled: tuple[int, ...] = ()
+  noise_multipliers: tuple[float, ...] = ()
+
+  def after(self, sampled: int, noise_multiplier: float) -> "PrivacyHistory":
+    return PrivacyHistory(self.sampled + (int(sampled),),
+                          self.noise_multipliers + (float(noise_multiplier),))
+
+
+def run_state_tree(state: server.ServerState, rounds_done: int, seed: int,
+                   history: PrivacyHistory):
   return dict(params=state.params, opt_state=state.opt_state,
               round=np.asarray(rounds_done, np.int64), seed=np.asarray(seed, np.int64),
-              hospitals_per_round=np.asarray(hospitals_per_round, np.int64).reshape(rounds_done))
+              hospitals_per_round=np.asarray(history.sampled, np.int64).reshape(rounds_done),
+              noise_multipliers=np.asarray(history.noise_multipliers,
+                                           np.float64).reshape(rounds_done))
 
 
-def save(manager: ocp.CheckpointManager, state, rounds_done, seed, hospitals_per_round):
-  tree = run_state_tree(jax.device_get(state), rounds_done, seed, hospitals_per_round)
+def save(manager: ocp.CheckpointManager, state, rounds_done, seed, history: PrivacyHistory):
+  tree = run_state_tree(jax.device_get(state), rounds_done, seed, history)
   manager.save(rounds_done, args=ocp.args.StandardSave(tree))
   manager.wait_until_finished()
 
 
 def restore(manager: ocp.CheckpointManager, template_state, seed: int, step: int | None = None):
-  """(state, rounds_done, hospitals_per_round) of checkpoint `step` (default: latest), or None."""
+  """(state, rounds_done, PrivacyHistory) of checkpoint `step` (default: latest), or None."""
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
+  blank = PrivacyHistory((0,) * step, (0.0,) * step)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                          run_state_tree(template_state, step, seed, np.zeros(step)))
+                          run_state_tree(template_state, step, seed, blank))
   tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   if int(tree["seed"]) != seed:
     raise ValueError(f"config.seed: the run in {manager.directory} was made with seed "
                      f"{int(tree['seed'])}, not {seed}; use another run_name to start anew")
-  return (server.ServerState(tree["params"], tree["opt_state"]), int(tree["round"]),
-          [int(m) for m in tree["hospitals_per_round"]])
+  history = PrivacyHistory(tuple(int(m) for m in tree["hospitals_per_round"]),
+                           tuple(float(s) for s in tree["noise_multipliers"]))
+  return server.ServerState(tree["params"], tree["opt_state"]), int(tree["round"]), history
 
 
 def write_config(run_dir, config) -> None:

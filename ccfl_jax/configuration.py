@@ -114,6 +114,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256         # slices per evaluation batch
   c.checkpoint_every = 5          # rounds between checkpoints (and always the last)
   c.max_checkpoints_to_keep = 3   # older checkpoints are deleted
+  c.metrics_csv = True            # metrics.csv beside metrics.jsonl (one row per round)
+  c.tensorboard = False           # TensorBoard event files in tensorboard/ (extra: tensorboard)
   return c
 
 
@@ -224,6 +226,9 @@ def validate(config) -> None:
            "an optax optimizer such as sgd, adam, adamw, momentum" +
            (" or fedavg" if block == "server_optimizer" else ""), config)
     _check(_get(config, f"{block}.learning_rate") > 0, f"{block}.learning_rate", "> 0", config)
+  _check(not config.tensorboard or importlib.util.find_spec("tensorboardX") is not None,
+         "tensorboard", 'tensorboardX installed: pip install -e ".[tensorboard]" (or false)',
+         config)
   _check(config.num_hospitals >= 1, "num_hospitals", "an integer >= 1", config)
   _check(1 <= config.hospitals_per_round <= config.num_hospitals, "hospitals_per_round",
          f"1 <= m_t <= num_hospitals ({config.num_hospitals})", config)

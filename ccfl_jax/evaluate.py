@@ -1,6 +1,6 @@
 r"""Metrics of a trained run's global model on any labelled dataset.
 
-  python -m ccfl_jax.evaluate --run=results/fed9 --data=image_folder:../shared/data/ucsd_covid_ct \
+  ccfl-evaluate --run=runs/fed9 --data=image_folder:../shared/data/ucsd_covid_ct \
       [--split=val] [--round=N] [--threshold=0.5] [--out=metrics.json]
 
 `--data=<kind>:<path>`, kind one of the dataset registry's names (dicom, image_folder, cc19,
@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from ccfl_jax import inference, metrics, models, reporting
+from ccfl_jax import audited, command_line, inference, metrics, models, reporting
 from ccfl_jax.data import datasets
 from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, DataError
 from ccfl_jax.data.real_slices import skipped_files
@@ -34,24 +34,35 @@ def parse_data_spec(spec: str) -> tuple[str, str]:
   return kind, path
 
 
-def evaluation_dataset_config(run_config, kind: str, path: str, on_bad_file: str):
-  """The run's dataset block with another dataset's name and path (same preprocessing)."""
+def evaluation_dataset_config(run_config, kind: str, path: str, on_bad_file: str,
+                              cache_dir: str = ""):
+  """The run's dataset block with another dataset's name and path (same preprocessing).
+
+  Never the run's cache folders: a cache entry planted beside a run would otherwise decide
+  what an auditor measures on their own data. The evaluator's own (`cache_dir`, "" = the
+  user's default) is used."""
   dataset_config = run_config.dataset.copy_and_resolve_references()
   with dataset_config.unlocked():
     dataset_config.name = kind
     dataset_config.path = path
     dataset_config.on_bad_file = on_bad_file
+    dataset_config.cache_dir = cache_dir
+    dataset_config.tfds_data_dir = ""
   return dataset_config
 
 
 def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshold: float = 0.5,
                  on_bad_file: str = "error",
-                 top_fraction: float = inference.DEFAULT_TOP_FRACTION) -> dict:
-  """Loads the run's model and the dataset; returns the report (also what is written)."""
+                 top_fraction: float = inference.DEFAULT_TOP_FRACTION, verify: bool = True,
+                 cache_dir: str = "") -> dict:
+  """Loads the run's model (verified against its ledger unless verify=False) and the dataset;
+  returns the report (also what is written)."""
   kind, path = parse_data_spec(data_spec)
-  config, params, rounds_done = inference.load_run(run_dir, round_)
-  slices = datasets.load_dataset(evaluation_dataset_config(config, kind, path, on_bad_file),
-                                 config.seed)
+  if not 0 <= threshold <= 1:
+    raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
+  config, params, rounds_done = audited.load_run(run_dir, round_, verify)
+  slices = datasets.load_dataset(
+      evaluation_dataset_config(config, kind, path, on_bad_file, cache_dir), config.seed)
   skipped = skipped_files(slices)
   if split:
     if slices.split is None:
@@ -65,7 +76,8 @@ def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshol
       slices.patient_ids, slices.labels, probabilities, top_fraction)
   return dict(
       run=str(run_dir), round=rounds_done, model=config.model.name,
-      trained_on=inference.trained_on(config), data=data_spec,
+      trained_on=inference.trained_on(config), checkpoint=audited.verification(verify),
+      data=data_spec,
       split=split or "all", threshold=threshold,
       preprocessing={k: config.dataset[k] for k in ("image_size", "window_level", "window_width")},
       slices=len(slices), patients=len(patient_labels),
@@ -85,7 +97,7 @@ def default_output_path(run_dir, report: dict) -> pathlib.Path:
 def format_report(report: dict) -> str:
   """A small table of the slice and patient metrics."""
   lines = [f"run {report['run']} round {report['round']}: {report['trained_on']}",
-           inference.NOTICE,
+           inference.NOTICE, report["checkpoint"],
            f"evaluated on {report['data']} [{report['split']}]: {report['slices']} slices, "
            f"{report['patients']} patients",
            f"{'':10}" + "".join(f"{m:>13}" for m in METRIC_ORDER) + "   confusion [[TN, FP], [FN, TP]]"]
@@ -104,7 +116,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   f = flags.FLAGS
   try:
-    report = evaluate_run(f.run, f.data, f.round, f.split, f.threshold, f.on_bad_file)
+    report = evaluate_run(f.run, f.data, f.round, f.split, f.threshold, f.on_bad_file,
+                          verify=not f.no_verify, cache_dir=f.cache_dir)
   except (DataError, ValueError, FileNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
@@ -116,7 +129,8 @@ def main(argv):
 
 
 def cli():
-  flags.DEFINE_string("run", None, "Run directory (results/<run>).", required=True)
+  flags.DEFINE_string("run", None, "Run folder (runs/<run>, or results/<run> for a committed "
+                      "one).", required=True)
   flags.DEFINE_string("data", None, "<kind>:<path> of a labelled dataset.", required=True)
   flags.DEFINE_integer("round", None, "Checkpoint round (default: the latest).")
   flags.DEFINE_string("split", "", "Evaluate only this split of the dataset (e.g. val).")
@@ -124,6 +138,11 @@ def cli():
   flags.DEFINE_enum("on_bad_file", "error", ON_BAD_FILE_CHOICES,
                     "Bad input: stop, or skip and list.")
   flags.DEFINE_string("out", "", "Where to write the JSON report.")
+  flags.DEFINE_bool("no_verify", False, "Load the checkpoint without checking it and "
+                    "config.json against the run's ledger (a run kept without a ledger).")
+  flags.DEFINE_string("cache_dir", "", "Preprocessing cache for the evaluation data; '' = "
+                      "$XDG_CACHE_HOME/ccfl_jax (never the run's own).")
+  command_line.describe_as_main(__name__)
   app.run(main)
 
 

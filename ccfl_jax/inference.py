@@ -33,15 +33,28 @@ class LoadedRun(NamedTuple):
   round: int      # rounds the checkpoint holds
 
 
+def checkpoint_round(run_dir, round_=None) -> int:
+  """`round_` if `<run_dir>/checkpoints/<round_>` exists, else FileNotFoundError naming those
+  present; with round_=None the latest."""
+  saved = sorted(checkpointing.checkpoint_manager(run_dir).all_steps())
+  if not saved:
+    raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to load (train the run "
+                            "first: python -m ccfl_jax.main --config=...)")
+  if round_ is None:
+    return saved[-1]
+  if round_ not in saved:
+    raise FileNotFoundError(f"{run_dir}/checkpoints/{round_}: no such checkpoint (--round); "
+                            f"present: {', '.join(map(str, saved))}")
+  return round_
+
+
 def load_run(run_dir, round_=None) -> LoadedRun:
   """The config and global params of a run's checkpoint `round_` (default: the latest)."""
   config = checkpointing.read_config(run_dir)
+  step = checkpoint_round(run_dir, round_)
   template = server.initial_state(config, models.from_config(config))
   manager = checkpointing.checkpoint_manager(run_dir, config.max_checkpoints_to_keep)
-  restored = checkpointing.restore(manager, template, config.seed, round_)
-  if restored is None:
-    raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to load")
-  state, rounds_done, _ = restored
+  state, rounds_done, _ = checkpointing.restore(manager, template, config.seed, step)
   return LoadedRun(config, state.params, rounds_done)
 
 

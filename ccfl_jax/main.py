@@ -1,6 +1,6 @@
 r"""Trains a differentially private federated model across simulated hospitals.
 
-  python -m ccfl_jax.main --config=configs/fed9.py [--config.num_rounds=5 ...]
+  python -m ccfl_jax.main --config=configs/fed9.py [--config.num_rounds=5 ...]   # or ccfl-train
   python -m ccfl_jax.main list     # config fields with defaults, models, datasets, configs
 
 Outputs go to <config.results_dir>/<config.run_name>/ (runs/ by default, untracked);
@@ -14,9 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ccfl_jax import configuration, models, recorder, training
-from ccfl_jax.data import datasets
-from ccfl_jax.data.errors import DataError
+from ccfl_jax import command_line, configuration
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/<name>.py); override any of its fields "
@@ -30,6 +28,8 @@ CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 def listing() -> str:
   """What `list` prints: every config field (default, doc), the models, datasets, configs."""
+  from ccfl_jax import models  # lazy: see train
+  from ccfl_jax.data import datasets
   lines = ["config fields (--config.<field>=<value>; default, then what it is):"]
   for field, default, doc in configuration.describe_fields():
     lines.append(f"  {field:<36} {default!r:<14} {doc}")
@@ -80,6 +80,24 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax and JAX log every step at INFO
   _configure_logging(_VERBOSE.value)
   run_dir = pathlib.Path(config.results_dir) / config.run_name
+  python_logging.getLogger("ccfl_jax").info("%s", started_line(config, run_dir))
+  train(config, run_dir)
+  print(f"results in {run_dir}/ (summary.md, metrics.jsonl, curves.png, checkpoints/)")
+
+
+def started_line(config, run_dir) -> str:
+  """The first line a run prints, before JAX loads (~5 s)."""
+  return (f"run {config.run_name} -> {run_dir}/: {config.num_rounds} rounds, "
+          f"{config.hospitals_per_round} of {config.num_hospitals} hospitals per round, model "
+          f"{config.model.name}, data {config.dataset.name}; loading JAX ...")
+
+
+def train(config, run_dir) -> None:
+  """training.train_and_evaluate, its expected errors in one line (exit 2)."""
+  # Lazy, deliberately: the loop imports JAX, flax and dp_accounting (~5 s), after the
+  # first progress line has told the user the run started.
+  from ccfl_jax import recorder, training
+  from ccfl_jax.data.errors import DataError
   try:
     training.train_and_evaluate(config, run_dir)  # validates the config first
   except (configuration.ConfigError, DataError, recorder.IncompatibleRun,
@@ -88,8 +106,13 @@ def main(argv):
       raise
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  print(f"results in {run_dir}/ (summary.md, metrics.jsonl, curves.png, checkpoints/)")
+
+
+def cli() -> None:
+  """`ccfl-train` / `python -m ccfl_jax.main`."""
+  command_line.describe_as_main(__name__)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli()

@@ -1,6 +1,6 @@
 r"""COVID-19 probabilities from a trained run, per slice and per patient.
 
-  python -m ccfl_jax.predict --run=results/fed9 [--round=N] [--out=predictions.csv] PATH...
+  python -m ccfl_jax.predict --run=runs/fed9 [--round=N] [--out=predictions.csv] PATH...
 
 Each PATH is a DICOM series folder (or a folder of series folders: one patient per series
 folder), a single DICOM file, or an image (PNG/JPG/...). The preprocessing is the run's own
@@ -23,7 +23,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from ccfl_jax import inference, models, reporting
+from ccfl_jax import audited, command_line, inference, models, reporting
 from ccfl_jax.data import dicom, image_folder
 from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, BadFilePolicy, DataError
 
@@ -103,9 +103,14 @@ def write_outputs(out, slice_rows: list[dict], patient_rows: list[dict], about: 
 
 def run_predictions(run_dir, paths, round_=None, threshold: float = 0.5,
                     top_fraction: float = inference.DEFAULT_TOP_FRACTION,
-                    on_bad_file: str = "error"):
-  """(slice rows, patient rows, about) for `paths` with the run's model and preprocessing."""
-  config, params, rounds_done = inference.load_run(run_dir, round_)
+                    on_bad_file: str = "error", verify: bool = True):
+  """(slice rows, patient rows, about) for `paths` with the run's model and preprocessing
+  (the checkpoint verified against the run's ledger unless verify=False)."""
+  if not 0 <= threshold <= 1:
+    raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
+  if not 0 < top_fraction <= 1:
+    raise ValueError(f"--top_fraction={top_fraction}: expected a fraction in (0, 1]")
+  config, params, rounds_done = audited.load_run(run_dir, round_, verify)
   preprocessing = dicom.preprocessing_params(config.dataset)
   policy = BadFilePolicy(on_bad_file)
   inputs = [s for path in paths for s in read_inputs(path, preprocessing, policy)]
@@ -117,6 +122,7 @@ def run_predictions(run_dir, paths, round_=None, threshold: float = 0.5,
   slice_rows, patient_rows = predictions(inputs, probabilities, threshold, top_fraction)
   about = dict(run=str(run_dir), round=rounds_done, model=config.model.name,
                trained_on=inference.trained_on(config), notice=inference.NOTICE,
+               checkpoint=audited.verification(verify),
                preprocessing=preprocessing, threshold=threshold,
                patient_rule=inference.patient_rule(top_fraction),
                skipped=[dataclasses.asdict(s) for s in policy.skipped])
@@ -129,12 +135,14 @@ def main(argv):
   f = flags.FLAGS
   try:
     slice_rows, patient_rows, about = run_predictions(
-        f.run, f.paths, f.round, f.threshold, f.top_fraction, f.on_bad_file)
-  except (DataError, FileNotFoundError) as error:
+        f.run, f.paths, f.round, f.threshold, f.top_fraction, f.on_bad_file,
+        verify=not f.no_verify)
+  except (DataError, ValueError, FileNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   print(f"run {about['run']} round {about['round']}: {about['trained_on']}")
   print(inference.NOTICE)
+  print(about["checkpoint"])
   if f.slices:
     print(f"{'patient':<24} {'slice':>5}  {'position':>9}  prob_covid  path")
     for i, row in enumerate(slice_rows):
@@ -155,7 +163,8 @@ def main(argv):
 
 
 def define_flags():
-  flags.DEFINE_string("run", None, "Run directory (results/<run>).", required=True)
+  flags.DEFINE_string("run", None, "Run folder (runs/<run>, or results/<run> for a committed "
+                      "one).", required=True)
   flags.DEFINE_integer("round", None, "Checkpoint round (default: the latest).")
   flags.DEFINE_float("threshold", 0.5, "Verdict threshold on the patient score.")
   flags.DEFINE_float("top_fraction", inference.DEFAULT_TOP_FRACTION,
@@ -165,6 +174,8 @@ def define_flags():
   flags.DEFINE_string("out", "", "Write predictions here (.json, or .csv + .patients.csv).")
   flags.DEFINE_multi_string("paths", [], "Inputs (also accepted as positional arguments).")
   flags.DEFINE_bool("slices", False, "Also print every slice's probability (default: patients).")
+  flags.DEFINE_bool("no_verify", False, "Load the checkpoint without checking it and "
+                    "config.json against the run's ledger (a run kept without a ledger).")
 
 
 def cli():
@@ -177,6 +188,7 @@ def cli():
       raise app.UsageError("give at least one PATH (DICOM folder, DICOM file or image)")
     main(argv)
 
+  command_line.describe_as_main(__name__)
   app.run(with_positional_paths)
 
 

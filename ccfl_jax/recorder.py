@@ -32,7 +32,7 @@ LOG = logging.getLogger("ccfl_jax")
 # how often it saves and where it reads caches from, never what a round computes.
 RESUMABLE_CHANGES = ("num_rounds", "checkpoint_every", "max_checkpoints_to_keep",
                      "eval_batch_size", "results_dir", "resume_force", "dataset.cache_dir",
-                     "dataset.tfds_data_dir", "ledger.keystore")
+                     "dataset.tfds_data_dir", "ledger.keystore", "metrics_csv", "tensorboard")
 
 
 class IncompatibleRun(ValueError):
@@ -173,9 +173,9 @@ class RunRecorder:
     return self.run_dir / "metrics.jsonl"
 
   def restore(self, initial_state):
-    """(state, rounds done, m_t of every round done) to continue from; rewrites metrics.jsonl
-    to the lines of those rounds."""
-    state, rounds_done, history = initial_state, 0, []
+    """(state, rounds done, PrivacyHistory of the rounds done) to continue from; rewrites
+    metrics.jsonl to the lines of those rounds."""
+    state, rounds_done, history = initial_state, 0, checkpointing.PrivacyHistory()
     if self.restore_step is not None:
       state, rounds_done, history = checkpointing.restore(self.manager, initial_state,
                                                           self.config.seed, self.restore_step)

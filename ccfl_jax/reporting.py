@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import pathlib
+import shutil
 
 import numpy as np
 
@@ -134,15 +135,22 @@ def vote_totals(records: list[dict]) -> dict:
   return totals
 
 
+ACCOUNTANTS = {
+    "rdp": "RDP (dp_accounting)", "pld": "PLD (dp_accounting; every round had m_t = H, and "
+    "the PLD bound was the smaller valid one)"}
+
+
 def summarize(config, records: list[dict], data_counts: list[dict], skipped, seconds: float,
-              devices) -> dict:
+              environment: dict, accountant: str = "rdp") -> dict:
+  """summary.json: `environment` from environment.describe, `accountant` the name that
+  privacy.epsilon_report gave for the final ε."""
   final = records[-1] if records else {}
   return dict(
       run_name=config.run_name, rounds=len(records),
       final={k: final.get(k) for k in METRIC_NAMES + ("test_loss", "confusion_matrix")},
       privacy=dict(epsilon=final.get("epsilon"), delta=config.privacy.delta,
                    noise_multiplier=config.privacy.noise_multiplier,
-                   clip_norm=config.privacy.clip_norm, accountant="RDP (dp_accounting), "
+                   clip_norm=config.privacy.clip_norm, accountant=f"{ACCOUNTANTS[accountant]}, "
                    "sampling without replacement, REPLACE_ONE, sensitivity 2S, charged with the m_t "
                    "sampled (not the accepted) hospitals each round; the vote's published MAEs "
                    "(and, with the update checks on, update norms and cosines) are not "
@@ -156,7 +164,8 @@ def summarize(config, records: list[dict], data_counts: list[dict], skipped, sec
       skipped_files=[dict(path=str(f.path), problem=f.problem) for f in skipped],
       mean_round_seconds=(sum(r["round_seconds"] for r in records[1:]) / (len(records) - 1)
                           if len(records) > 1 else None),
-      devices=[str(d) for d in devices], config=json.loads(config.to_json()))
+      devices=environment["devices"], environment=environment,
+      config=json.loads(config.to_json()))
 
 
 def _fmt(value) -> str:
@@ -241,10 +250,22 @@ def summary_markdown(summary: dict) -> str:
   skipped = summary["skipped_files"]
   lines += ["", f"Files skipped by the loader (on_bad_file='skip'): {len(skipped)}"]
   lines += [f"- `{f['path']}`: {f['problem']}" for f in skipped]
-  lines += ["", f"Wall time of this process: {summary['seconds_this_process']:.0f} s.",
-            "", "## Config", "", "```json", json.dumps(summary["config"], indent=2,
+  lines += ["", f"Wall time of this process: {summary['seconds_this_process']:.0f} s.", ""]
+  lines += _environment_markdown(summary.get("environment"))
+  lines += ["## Config", "", "```json", json.dumps(summary["config"], indent=2,
                                                         sort_keys=True), "```", ""]
   return "\n".join(lines)
+
+
+def _environment_markdown(environment: dict | None) -> list[str]:
+  if not environment:
+    return []
+  lines = ["## Environment", "",
+           f"Code: git commit {environment['git_commit']}; Python {environment['python']} on "
+           f"{environment['platform']}; JAX backend {environment['backend']}, "
+           f"{environment['device_count']} device(s).", ""]
+  return lines + _table(["package", "version"],
+                        [[k, v] for k, v in environment["packages"].items()]) + [""]
 
 
 def _votes_markdown(summary: dict) -> str:
@@ -551,8 +572,10 @@ def _malicious_ids(summary: dict) -> range:
 
 
 def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict], *,
-                  metrics_csv: bool = True) -> None:
-  """summary.json, summary.md and, once a round ran, curves.png, votes.png (and metrics.csv)."""
+                  metrics_csv: bool = True, tensorboard: bool = False) -> None:
+  """summary.json, summary.md and, once a round ran, curves.png, votes.png (and metrics.csv,
+  and TensorBoard event files of every round in tensorboard/, rewritten whole so that a
+  resumed run has each round once)."""
   run_dir = pathlib.Path(run_dir)
   (run_dir / "summary.json").write_text(json_text(summary, indent=2))
   (run_dir / "summary.md").write_text(summary_markdown(summary))
@@ -566,3 +589,6 @@ def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict], *,
              "no ledger, no vote: every sampled update aggregated")
   if metrics_csv:
     write_metrics_csv(run_dir / "metrics.csv", records)
+  if tensorboard:
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    write_tensorboard(run_dir / "tensorboard", records)

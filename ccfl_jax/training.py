@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from ccfl_jax import builders, configuration, inference, metrics, models, recorder, reporting
+from ccfl_jax import (builders, configuration, environment, inference, metrics, models, recorder,
+                      reporting)
 from ccfl_jax.data import datasets, hospitals, partition, real_slices
 from ccfl_jax.federated import engine, mesh as mesh_lib, privacy, sampling, server
 
@@ -72,7 +73,8 @@ def round_metrics(round_index: int, sampled: np.ndarray, out, evaluation, labels
       local_loss=float(np.mean(out.local_loss)),
       clipped_fraction=float(np.mean(np.asarray(out.update_norm) > p.clip_norm)),
       test_loss=test_loss, **metrics.classification_metrics(labels, prob_covid),
-      epsilon=epsilon, delta=p.delta, round_seconds=seconds)
+      epsilon=epsilon, delta=p.delta, noise_multiplier=p.noise_multiplier,
+      round_seconds=seconds)
 
 
 def train_and_evaluate(config, run_dir) -> dict:
@@ -110,14 +112,20 @@ def train_and_evaluate(config, run_dir) -> dict:
           f"(update norms {np.asarray(out.update_norm).tolist()}; non-finite updates are "
           f"rejected); the run stops at its last checkpoint, with its ledger intact")
     # The accountant charges the m_t sampled, not the number accepted (privacy.py).
-    history.append(len(sampled))
-    epsilon = privacy.epsilon(config.num_hospitals, history, p.noise_multiplier, p.delta)
+    history = history.after(len(sampled), p.noise_multiplier)  # each round at its own σ_t
+    epsilon = privacy.epsilon(config.num_hospitals, history.sampled, history.noise_multipliers,
+                              p.delta)
     record = round_metrics(round_index, sampled, out, evaluate(state.params), data.test.labels,
                            epsilon, config, round_times[-1])
     run.record(round_index, roles, sampled, out, state, record, history)
     reporting.log_round(record, config.num_rounds, round_times)
+  accountant = (privacy.epsilon_report(config.num_hospitals, history.sampled,
+                                       history.noise_multipliers, p.delta)["accountant"]
+                if history.sampled else "rdp")
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
-                                time.time() - started, jax.devices())
-  reporting.write_outputs(pathlib.Path(run_dir), summary, run.records)
+                                time.time() - started, environment.describe(jax.devices()),
+                                accountant)
+  reporting.write_outputs(pathlib.Path(run_dir), summary, run.records,
+                          metrics_csv=config.metrics_csv, tensorboard=config.tensorboard)
   run.close(("summary.json", "summary.md", "curves.png", "votes.png"))
   return summary

@@ -13,6 +13,8 @@ LAZY_IMPORTS_ALLOWED = {
     "configuration": {"ccfl_jax.data", "ccfl_jax.federated", "ccfl_jax.ledger", "ccfl_jax",
                       "optax"},
     "reporting": {"matplotlib", "tensorboardX"},
+    "main": {"ccfl_jax", "ccfl_jax.models", "ccfl_jax.recorder", "ccfl_jax.training",
+             "ccfl_jax.data.datasets", "ccfl_jax.data.errors", "ccfl_jax.data"},
     "data.cc19": {"tensorflow_datasets"},
     "models.weights.torch_pickle": {"collections"},
 }

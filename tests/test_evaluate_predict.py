@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from ccfl_jax import checkpointing, evaluate, inference, models, predict, reporting
+from ccfl_jax import evaluate, inference, predict, reporting, training
 from ccfl_jax.configuration import default_config
 from ccfl_jax.data.errors import DataError
-from ccfl_jax.federated import server
+from ccfl_jax.ledger import audit
 
 
 def _refuse(token):
@@ -20,17 +20,21 @@ def _refuse(token):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  """A run directory as training leaves it: config.json and one orbax checkpoint."""
-  root = tmp_path_factory.mktemp("run")
+  """A run folder as training leaves it (config.json, checkpoint, ledger): 1 round of an MLP."""
+  root = tmp_path_factory.mktemp("runs")
   config = default_config()
   config.run_name = "tiny"
+  config.dataset.num_patients = 8
+  config.dataset.slices_per_patient = 2
   config.dataset.image_size = 16
-  config.dataset.cache_dir = str(root / "cache")
-  config.eval_batch_size = 8
-  checkpointing.write_config(root, config)
-  state = server.initial_state(config, models.from_config(config))
-  checkpointing.save(checkpointing.checkpoint_manager(root), state, 3, config.seed, [9, 9, 9])
-  return root
+  config.dataset.cache_dir = str(root / "run_cache")
+  config.model.name = "mlp"
+  config.model.hidden = (8,)
+  config.num_hospitals = config.hospitals_per_round = 2
+  config.num_rounds = config.local_steps = 1
+  config.batch_size = config.eval_batch_size = 4
+  training.train_and_evaluate(config, root / "tiny")
+  return root / "tiny"
 
 
 @pytest.fixture
@@ -50,13 +54,14 @@ def test_patient_score_is_the_mean_of_the_top_tenth():
 
 def test_evaluate_reports_every_metric(run_dir, image_dataset):
   report = evaluate.evaluate_run(run_dir, f"image_folder:{image_dataset}", split="val")
-  assert report["round"] == 3 and report["slices"] == 2 and report["patients"] == 2
+  assert report["round"] == 1 and report["slices"] == 2 and report["patients"] == 2
+  assert report["checkpoint"].startswith("checkpoint and config.json verified")
   for level in ("slice_metrics", "patient_metrics"):
     assert {"precision", "sensitivity", "specificity", "accuracy", "auc",
             "confusion_matrix"} <= set(report[level])
   assert sum(map(sum, report["slice_metrics"]["confusion_matrix"])) == 2
   assert report["preprocessing"]["image_size"] == 16
-  assert "round3" in str(evaluate.default_output_path(run_dir, report))
+  assert "round1" in str(evaluate.default_output_path(run_dir, report))
   written = json.loads(reporting.json_text(report), parse_constant=_refuse)  # what main writes
   assert written["slice_metrics"]["confusion_matrix"] == report["slice_metrics"]["confusion_matrix"]
 
@@ -88,3 +93,38 @@ def test_predict_names_a_bad_path(run_dir, tmp_path):
     predict.run_predictions(run_dir, [tmp_path / "broken.png"])
   with pytest.raises(DataError, match="no such file"):
     predict.run_predictions(run_dir, [tmp_path / "absent"])
+
+
+def test_evaluate_and_predict_refuse_what_the_ledger_does_not_vouch_for(run_dir, image_dataset,
+                                                                       tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(run_dir, copy)
+  config_file = copy / "config.json"
+  text = config_file.read_text()
+  assert '"eval_batch_size": 4' in text
+  config_file.write_text(text.replace('"eval_batch_size": 4', '"eval_batch_size": 2'))
+  data = f"image_folder:{image_dataset}"
+  with pytest.raises(audit.CheckpointRefused, match=r"config.json .*sha256.*--no_verify"):
+    evaluate.evaluate_run(copy, data)
+  with pytest.raises(audit.CheckpointRefused, match="config.json"):
+    predict.run_predictions(copy, [image_dataset / "2.png"])
+  report = evaluate.evaluate_run(copy, data, verify=False)  # unaudited, and says so
+  assert report["checkpoint"].startswith("NOT verified") and report["slices"] == 4
+  shutil.rmtree(copy / "ledger")
+  with pytest.raises(audit.CheckpointRefused, match="ledger does not verify"):
+    evaluate.evaluate_run(copy, data)
+
+
+def test_evaluate_never_uses_the_runs_cache_and_checks_its_arguments(run_dir, image_dataset):
+  config = inference.load_run(run_dir).config
+  assert config.dataset.cache_dir.endswith("run_cache")
+  evaluation = evaluate.evaluation_dataset_config(config, "image_folder", str(image_dataset),
+                                                  "error", cache_dir="/auditor/cache")
+  assert evaluation.cache_dir == "/auditor/cache" and evaluation.tfds_data_dir == ""
+  assert evaluate.evaluation_dataset_config(config, "phantom", "", "error").cache_dir == ""
+  with pytest.raises(ValueError, match=r"--threshold=2.*\[0, 1\]"):
+    evaluate.evaluate_run(run_dir, f"image_folder:{image_dataset}", threshold=2)
+  with pytest.raises(ValueError, match=r"--top_fraction=0.*\(0, 1\]"):
+    predict.run_predictions(run_dir, [image_dataset / "2.png"], top_fraction=0)
+  with pytest.raises(FileNotFoundError, match=r"checkpoints/7: no such checkpoint.*present: 1"):
+    evaluate.evaluate_run(run_dir, f"image_folder:{image_dataset}", round_=7)

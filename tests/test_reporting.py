@@ -30,6 +30,10 @@ def make_record(round_, sampled=(0, 1, 2), rejected=(), **changes):
   return record
 
 
+ENVIRONMENT = dict(python="3.11.9", platform="Linux", backend="cpu", device_count=1,
+                   devices=["cpu:0"], packages={"jax": "0.10.2"}, git_commit="abc123")
+
+
 def make_summary(records, noise_multiplier=0.1, attack=None):
   final = records[-1] if records else {}
   return dict(
@@ -42,7 +46,7 @@ def make_summary(records, noise_multiplier=0.1, attack=None):
       attack=attack or dict(kind="none", num_malicious=0, scale=10.0),
       votes=reporting.vote_totals(records), data=[], seconds_this_process=9.0,
       skipped_files=[], mean_round_seconds=4.0 if len(records) > 1 else None,
-      devices=["cpu:0"], config=dict(num_hospitals=4))
+      devices=["cpu:0"], environment=ENVIRONMENT, config=dict(num_hospitals=4))
 
 
 RECORDS = [make_record(1), make_record(2, sampled=(1, 2, 3), rejected=(3,)),
@@ -163,7 +167,7 @@ def test_write_outputs_writes_metrics_csv(tmp_path):
   assert (tmp_path / "metrics.csv").read_text() == reporting.metrics_csv_text(RECORDS)
 
 
-def _event_file_scalars(path):
+def event_file_scalars(path):
   """(tag, step, value) of the scalars in a TensorBoard event file (TFRecord framing)."""
   from tensorboardX.proto import event_pb2
   data, found, offset = path.read_bytes(), [], 0
@@ -179,7 +183,7 @@ def test_tensorboard_event_files_hold_each_round(tmp_path):
   pytest.importorskip("tensorboardX")
   reporting.write_tensorboard(tmp_path / "tb", RECORDS)
   [event_file] = list((tmp_path / "tb").glob("events.out.tfevents.*"))
-  scalars = _event_file_scalars(event_file)
+  scalars = event_file_scalars(event_file)
   assert {(t, s) for t, s, _ in scalars} >= {("test/accuracy", 1), ("privacy/epsilon", 3),
                                              ("train/local_loss", 2), ("votes/num_rejected", 2)}
   assert ("test/precision", 1) not in {(t, s) for t, s, _ in scalars}  # undefined: left out

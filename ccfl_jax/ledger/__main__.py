@@ -18,6 +18,7 @@ import sys
 
 from absl import app, flags
 
+from ccfl_jax import command_line
 from ccfl_jax.ledger import audit
 from ccfl_jax.ledger import block as block_lib
 from ccfl_jax.ledger import store
@@ -100,6 +101,7 @@ def _app_main(argv: list[str]) -> None:
 def cli() -> None:
   """Command-line entry (absl: --help lists the flags)."""
   define_flags()
+  command_line.describe_as_main(__name__)
   app.run(_app_main)
 
 

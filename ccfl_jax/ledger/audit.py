@@ -442,8 +442,9 @@ def _unvouched(run_dir: pathlib.Path, vouched: set) -> tuple[str, ...]:
 def verify_checkpoint(run_dir, step: int,
                       min_difficulty: int = block_lib.DEFAULT_DIFFICULTY) -> None:
   """Raise CheckpointRefused unless `<run_dir>/checkpoints/<step>` is confined (no symlinks)
-  and byte for byte what a block of the run's valid ledger records. For evaluate/predict,
-  before loading; the message says what failed."""
+  and byte for byte what a block of the run's valid ledger records, and config.json (which
+  says how to rebuild the model and preprocess its input) is the one the ledger records.
+  For evaluate/predict, before loading; the message says what failed."""
   run_dir = pathlib.Path(run_dir)
   relative = f"checkpoints/{int(step)}"
   try:
@@ -463,6 +464,10 @@ def verify_checkpoint(run_dir, step: int,
   if problem:
     raise CheckpointRefused(f"{run_dir / relative} does not match the ledger (round "
                             f"{entry[0]}): {problem}")
+  try:
+    _check_config(run_dir, ledger, missing=[], warnings=[])
+  except _Failed as error:
+    raise CheckpointRefused(f"{run_dir}: {error}") from None
 
 
 # show

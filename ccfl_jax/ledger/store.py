@@ -29,7 +29,6 @@ import pathlib
 
 from ccfl_jax.ledger import block as block_lib
 from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
-from ccfl_jax.ledger.digests import checkpoint_digest, checkpoint_sha256  # noqa: F401
 
 GENESIS_RECORD_HASH = "0" * 64
 

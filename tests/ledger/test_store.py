@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from ccfl_jax import inspect_checkpoint
 from ccfl_jax.ledger import __main__ as cli
 from ccfl_jax.ledger import audit
 from ccfl_jax.ledger import run_ledger
@@ -201,11 +202,6 @@ def test_cli_verify_and_show(audited_run, capsys, tmp_path):
 
 
 def test_inspect_checkpoint_shows_tree_and_ledger_entry(audited_run, capsys):
-  sys.path.insert(0, str(REPO_ROOT / "tools"))
-  try:
-    import inspect_checkpoint
-  finally:
-    sys.path.pop(0)
   assert inspect_checkpoint.main([str(audited_run), "--round", "2"]) == 0
   shown = capsys.readouterr().out
   assert "['conv3']['kernel']" in shown and "(3, 3, 64, 64)" in shown and "60,354" in shown

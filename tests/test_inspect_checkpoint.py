@@ -1,4 +1,4 @@
-"""tools/inspect_checkpoint.py: the parameter tree of a real orbax checkpoint, for every model."""
+"""ccfl-inspect (ccfl_jax.inspect_checkpoint): a real orbax checkpoint's tree, every model."""
 import pathlib
 import subprocess
 import sys
@@ -9,27 +9,19 @@ import numpy as np
 import optax
 import pytest
 
-from ccfl_jax import checkpointing, models
+from ccfl_jax import checkpointing, inspect_checkpoint, models
 from ccfl_jax.federated import server
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
-
-
-def _tool():
-  sys.path.insert(0, str(REPO_ROOT / "tools"))
-  try:
-    import inspect_checkpoint  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.pop(0)
-  return inspect_checkpoint
 
 
 def save_run_state(run_dir, params, rounds_done=2):
   """A checkpoint as the training loop writes it: params, Adam state, round, seed, m_t."""
   state = server.init_state(params, optax.adam(1e-3))
   manager = checkpointing.checkpoint_manager(run_dir)
-  checkpointing.save(manager, state, rounds_done, 0, [3] * rounds_done)
+  checkpointing.save(manager, state, rounds_done, 0,
+                     checkpointing.PrivacyHistory((3,) * rounds_done, (1.0,) * rounds_done))
   return state
 
 
@@ -66,7 +58,7 @@ def test_prints_every_parameter_of_every_model(name, tmp_path, capsys, monkeypat
   params = tiny_params(name)
   save_run_state(tmp_path / "run", params)
   monkeypatch.chdir(tmp_path)  # a relative run folder, as in the README's command
-  assert _tool().main(["run", "--round", "2"]) == 0
+  assert inspect_checkpoint.main(["run", "--round", "2"]) == 0
   shown = capsys.readouterr().out
   rows = printed_rows(shown)
   expected = param_rows(params)
@@ -82,15 +74,16 @@ def test_prints_every_parameter_of_every_model(name, tmp_path, capsys, monkeypat
 def test_lists_the_whole_run_state_and_its_totals(tmp_path, capsys):
   params = tiny_params("small_cnn")
   state = save_run_state(tmp_path / "run", params, rounds_done=3)
-  assert _tool().main([str(tmp_path / "run")]) == 0  # default: the latest checkpoint
+  assert inspect_checkpoint.main([str(tmp_path / "run")]) == 0  # default: the latest checkpoint
   shown = capsys.readouterr().out
   rows = printed_rows(shown)
   assert rows["['round']"][:3] == ("()", "int64", 1)
   assert rows["['hospitals_per_round']"][:3] == ("(3,)", "int64", 3)
+  assert rows["['noise_multipliers']"][:3] == ("(3,)", "float64", 3)  # σ_t per round
   opt_rows = [path for path in rows if path.startswith("['opt_state']")]
   assert len(opt_rows) == len(jax.tree.leaves(state.opt_state)) > 0
   everything = dict(params=params, opt_state=state.opt_state, round=0, seed=0,
-                    hospitals_per_round=np.zeros(3))
+                    hospitals_per_round=np.zeros(3), noise_multipliers=np.zeros(3))
   total = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(everything))
   total_line = next(line for line in shown.splitlines() if line.strip().startswith("total ("))
   assert f"{total:,}" in total_line
@@ -100,18 +93,18 @@ def test_lists_the_whole_run_state_and_its_totals(tmp_path, capsys):
 
 def test_missing_round_and_usage_errors(tmp_path, capsys):
   save_run_state(tmp_path / "run", tiny_params("mlp"))
-  tool = _tool()
-  assert tool.main([str(tmp_path / "run"), "--round=5"]) == 1
+  assert inspect_checkpoint.main([str(tmp_path / "run"), "--round=5"]) == 1
   shown = capsys.readouterr().out
   assert "no checkpoint 5" in shown and "present: [2]" in shown
-  assert tool.main([f"--run={tmp_path / 'run'}", "--round=2"]) == 0  # the flag form
+  assert inspect_checkpoint.main([f"--run={tmp_path / 'run'}", "--round=2"]) == 0  # the flag form
   with pytest.raises(Exception, match="run folder"):
-    tool.main([])
+    inspect_checkpoint.main([])
 
 
 def test_help_explains_each_flag():
-  done = subprocess.run([sys.executable, "tools/inspect_checkpoint.py", "--help"], cwd=REPO_ROOT,
+  done = subprocess.run([sys.executable, "-m", "ccfl_jax.inspect_checkpoint", "--help"],
+                        cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=120)
   assert done.returncode in (0, 1)  # absl's --help exits 1
   assert "--round: Which checkpoint" in done.stdout and "--run: Run folder" in done.stdout
-  assert "results/<run>" in done.stdout
+  assert "runs/<run>" in done.stdout

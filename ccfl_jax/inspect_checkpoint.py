@@ -1,7 +1,7 @@
 r"""A run's orbax checkpoint next to its ledger entry.
 
-  python tools/inspect_checkpoint.py results/<run> [--round=N]
-  python tools/inspect_checkpoint.py --run=results/<run> [--round=N]
+  ccfl-inspect runs/<run> [--round=N]          # or python -m ccfl_jax.inspect_checkpoint
+  ccfl-inspect --run=runs/<run> [--round=N]
 
 Prints the checkpoint's tree, one line per array: its path (['params']['params']['conv0']
 ['kernel'] for a model's weights; 'opt_state', 'round', 'seed' and 'hospitals_per_round'
@@ -24,17 +24,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ccfl_jax import command_line
 from ccfl_jax.ledger import audit
 from ccfl_jax.ledger import run_ledger
 from ccfl_jax.ledger.digests import checkpoint_sha256
 
-PROGRAM = "inspect_checkpoint"
+PROGRAM = "ccfl-inspect"
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """The tool's flags, on `flag_values` (absl's global FLAGS for the command line)."""
   flags.DEFINE_string(
-      "run", None, "Run folder, e.g. results/fed9 (the folder holding checkpoints/ and "
+      "run", None, "Run folder, e.g. runs/fed9 (the folder holding checkpoints/ and "
       "ledger/). May be given instead as the first positional argument.",
       flag_values=flag_values)
   flags.DEFINE_integer(
@@ -137,7 +138,7 @@ def _run_dir(flag_values: flags.FlagValues, positional: list[str]) -> str:
     raise app.UsageError(f"one run folder, please; got {' '.join(positional)}"
                          + (f" and --run={flag_values.run}" if flag_values.run else ""))
   if not positional and not flag_values.run:
-    raise app.UsageError("give the run folder: inspect_checkpoint.py results/<run> [--round=N]")
+    raise app.UsageError("give the run folder: ccfl-inspect runs/<run> [--round=N]")
   return positional[0] if positional else flag_values.run
 
 
@@ -158,6 +159,7 @@ def cli() -> None:
   """Command-line entry (absl: --help lists the flags)."""
   define_flags()
   flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: no JAX/orbax INFO lines
+  command_line.describe_as_main(__name__)
   app.run(_app_main)
 
 
