@@ -101,6 +101,7 @@ def _app_main(argv: list[str]) -> None:
 def cli() -> None:
   """Command-line entry (absl: --help lists the flags)."""
   define_flags()
+  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: no JAX backend INFO lines
   command_line.describe_as_main(__name__)
   app.run(_app_main)
 
