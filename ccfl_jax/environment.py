@@ -25,8 +25,8 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit(root: pathlib.Path = SOURCE_ROOT) -> str:
-  """The checkout's commit ('+ uncommitted changes' when tracked files differ), or 'not a git
-  checkout' (an installed wheel, no git)."""
+  """The checkout's commit ('+ uncommitted changes' when tracked files outside results/
+  differ), or 'not a git checkout' (an installed wheel, no git)."""
   def git(*args):
     return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                           timeout=10, check=True).stdout.strip()
@@ -34,7 +34,9 @@ def git_commit(root: pathlib.Path = SOURCE_ROOT) -> str:
     if pathlib.Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
       return "not a git checkout"
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # results/ is where runs write their committed outputs: regenerating them is not a
+    # change to the code that produced them.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
   except (OSError, subprocess.SubprocessError):
     return "not a git checkout"
   return commit + (" + uncommitted changes" if dirty else "")
