@@ -15,7 +15,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ccfl_jax import failpoints
 from ccfl_jax.federated import server
+from ccfl_jax.files import write_atomically
 
 
 def checkpoint_manager(run_dir, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -46,6 +48,7 @@ def run_state_tree(state: server.ServerState, rounds_done: int, seed: int,
 def save(manager: ocp.CheckpointManager, state, rounds_done, seed, history: PrivacyHistory):
   tree = run_state_tree(jax.device_get(state), rounds_done, seed, history)
   manager.save(rounds_done, args=ocp.args.StandardSave(tree))
+  failpoints.hit("checkpoint_write", rounds_done)  # orbax may still be writing (async)
   manager.wait_until_finished()
 
 
@@ -68,7 +71,7 @@ def restore(manager: ocp.CheckpointManager, template_state, seed: int, step: int
 
 def write_config(run_dir, config) -> None:
   pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
-  (pathlib.Path(run_dir) / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
+  write_atomically(pathlib.Path(run_dir) / "config.json", config.to_json(indent=2, sort_keys=True))
 
 
 def read_config(run_dir) -> ml_collections.ConfigDict:

@@ -21,6 +21,7 @@ from ccfl_jax import audited, command_line, inference, metrics, models, reportin
 from ccfl_jax.data import datasets
 from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, DataError
 from ccfl_jax.data.real_slices import skipped_files
+from ccfl_jax.files import write_atomically
 
 METRIC_ORDER = ("precision", "sensitivity", "specificity", "accuracy", "f1", "auc")
 
@@ -123,8 +124,7 @@ def main(argv):
     sys.exit(2)
   print(format_report(report))
   out = pathlib.Path(f.out) if f.out else default_output_path(f.run, report)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(reporting.json_text(report, indent=2))
+  write_atomically(out, reporting.json_text(report, indent=2))
   print(f"wrote {out}")
 
 

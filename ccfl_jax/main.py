@@ -96,12 +96,12 @@ def train(config, run_dir) -> None:
   """training.train_and_evaluate, its expected errors in one line (exit 2)."""
   # Lazy, deliberately: the loop imports JAX, flax and dp_accounting (~5 s), after the
   # first progress line has told the user the run started.
-  from ccfl_jax import recorder, training
+  from ccfl_jax import files, recorder, training
   from ccfl_jax.data.errors import DataError
   try:
     training.train_and_evaluate(config, run_dir)  # validates the config first
   except (configuration.ConfigError, DataError, recorder.IncompatibleRun,
-          training.NoUpdateAccepted) as error:
+          training.NoUpdateAccepted, files.OutputError) as error:
     if _DEBUG.value:
       raise
     print(f"error: {error}", file=sys.stderr)

@@ -16,6 +16,7 @@ slices as CSV there and the patients as CSV beside it (`<name>.patients.csv`).
 """
 import csv
 import dataclasses
+import io
 import math
 import pathlib
 import sys
@@ -26,6 +27,7 @@ from absl import app, flags, logging
 from ccfl_jax import audited, command_line, inference, models, reporting
 from ccfl_jax.data import dicom, image_folder
 from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, BadFilePolicy, DataError
+from ccfl_jax.files import write_atomically
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -88,16 +90,17 @@ def predictions(inputs: list[SliceInput], probabilities: np.ndarray, threshold: 
 def write_outputs(out, slice_rows: list[dict], patient_rows: list[dict], about: dict) -> list:
   """Writes JSON (one file) or CSV (slices + `<name>.patients.csv`); returns the paths."""
   out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
   if out.suffix.lower() == ".json":
-    out.write_text(reporting.json_text(dict(about, slices=slice_rows, patients=patient_rows), indent=2))
+    write_atomically(out, reporting.json_text(dict(about, slices=slice_rows,
+                                                   patients=patient_rows), indent=2))
     return [out]
   patients_path = out.with_name(out.stem + ".patients.csv")
   for path, rows in ((out, slice_rows), (patients_path, patient_rows)):
-    with open(path, "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-      writer.writeheader()
-      writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
   return [out, patients_path]
 
 

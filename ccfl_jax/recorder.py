@@ -21,7 +21,7 @@ import pathlib
 import jax
 import numpy as np
 
-from ccfl_jax import checkpointing, reporting, tree_util
+from ccfl_jax import checkpointing, files, reporting, tree_util
 from ccfl_jax.ledger import run_ledger, store as ledger_store
 from ccfl_jax.ledger.consensus import ConsensusRule
 from ccfl_jax.ledger.digests import update_digest
@@ -181,7 +181,8 @@ class RunRecorder:
                                                           self.config.seed, self.restore_step)
       LOG.info("resuming %s after round %d", self.run_dir, rounds_done)
     self.records = _read_metrics(self.metrics_path, rounds_done)
-    self.metrics_path.write_text("".join(reporting.json_text(r) + "\n" for r in self.records))
+    files.write_atomically(self.metrics_path,
+                           "".join(reporting.json_text(r) + "\n" for r in self.records))
     return state, rounds_done, history
 
   def roles(self, round_index: int) -> run_ledger.RoundRoles | None:

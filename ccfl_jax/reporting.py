@@ -20,6 +20,7 @@ import shutil
 
 import numpy as np
 
+from ccfl_jax.files import write_atomically
 from ccfl_jax.nulls import none_to, strict_json
 
 METRIC_NAMES = ("accuracy", "precision", "sensitivity", "specificity", "auc")
@@ -337,7 +338,7 @@ def metrics_csv_text(records: list[dict]) -> str:
 
 def write_metrics_csv(path, records: list[dict]) -> None:
   """Writes (rewrites) metrics.csv: cheap enough to call after every round."""
-  pathlib.Path(path).write_text(metrics_csv_text(records))
+  write_atomically(path, metrics_csv_text(records))
 
 
 _TENSORBOARD_GROUPS = dict(local_loss="train", clipped_fraction="train", test_loss="test",
@@ -407,6 +408,12 @@ def write_tensorboard(log_dir, records: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # curves.png and votes.png
+
+
+def _png(figure, dpi: int) -> bytes:
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=dpi)
+  return buffer.getvalue()
 
 
 def _figure(width: float, height: float):
@@ -479,7 +486,7 @@ def curves_figure(records: list[dict], title: str | None = None):
 def plot_curves(path: pathlib.Path, records: list[dict], *, title: str | None = None,
                 dpi: int = PLOT_DPI) -> None:
   """curves.png: see curves_figure."""
-  curves_figure(records, title).savefig(path, dpi=dpi)
+  write_atomically(path, _png(curves_figure(records, title), dpi))
 
 
 def vote_grid(records: list[dict], num_hospitals: int | None = None) -> np.ndarray:
@@ -562,7 +569,7 @@ def votes_figure(records: list[dict], num_hospitals: int | None = None, maliciou
 def plot_votes(path: pathlib.Path, records: list[dict], *, num_hospitals: int | None = None,
                malicious=(), title: str | None = None, dpi: int = PLOT_DPI) -> None:
   """votes.png: see votes_figure."""
-  votes_figure(records, num_hospitals, malicious, title).savefig(path, dpi=dpi)
+  write_atomically(path, _png(votes_figure(records, num_hospitals, malicious, title), dpi))
 
 
 def _malicious_ids(summary: dict) -> range:
@@ -577,8 +584,8 @@ def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict], *,
   and TensorBoard event files of every round in tensorboard/, rewritten whole so that a
   resumed run has each round once)."""
   run_dir = pathlib.Path(run_dir)
-  (run_dir / "summary.json").write_text(json_text(summary, indent=2))
-  (run_dir / "summary.md").write_text(summary_markdown(summary))
+  write_atomically(run_dir / "summary.json", json_text(summary, indent=2))
+  write_atomically(run_dir / "summary.md", summary_markdown(summary))
   if not records:
     return
   plot_curves(run_dir / "curves.png", records, title=f"run {summary['run_name']}")

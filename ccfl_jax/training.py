@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from ccfl_jax import (builders, configuration, environment, inference, metrics, models, recorder,
-                      reporting)
-from ccfl_jax.data import datasets, hospitals, partition, real_slices
+from ccfl_jax import (builders, configuration, environment, failpoints, files, inference, metrics,
+                      models, recorder, reporting)
+from ccfl_jax.data import datasets, hospitals, partition, quality, real_slices
 from ccfl_jax.federated import engine, mesh as mesh_lib, privacy, sampling, server
 
 LOG = logging.getLogger("ccfl_jax")
@@ -35,6 +35,7 @@ class PreparedData(NamedTuple):
   counts: list[dict]             # patients, slices, positives per hospital and test set
   registrations: list            # ledger data registrations, one per hospital
   skipped: tuple                 # files the loader skipped (on_bad_file='skip'), with why
+  warnings: list                 # data.quality's warnings (what it refuses raises instead)
 
 
 def prepare_data(config) -> PreparedData:
@@ -47,9 +48,11 @@ def prepare_data(config) -> PreparedData:
   part = partition.partition(slices, config.num_hospitals, p.kind, config.seed,
                              test_fraction=p.test_fraction, alpha=p.alpha,
                              use_official_split=p.use_official_split)
+  counts = partition.describe(slices, part)
+  warnings = quality.check(counts, config.batch_size, config.dataset.path or config.dataset.name)
   return PreparedData(hospitals.stack_hospitals(slices, part.hospitals), slices.take(part.test),
-                      partition.describe(slices, part),
-                      recorder.data_registrations(slices, part.hospitals), skipped)
+                      counts, recorder.data_registrations(slices, part.hospitals), skipped,
+                      warnings)
 
 
 def data_line(counts: list[dict]) -> str:
@@ -80,9 +83,12 @@ def round_metrics(round_index: int, sampled: np.ndarray, out, evaluation, labels
 def train_and_evaluate(config, run_dir) -> dict:
   """Trains config.num_rounds federated rounds in `run_dir`; returns the summary."""
   configuration.validate(config)
+  files.check_writable_folder(run_dir)  # before the data and the compile, not after
   started = time.time()
   data = prepare_data(config)
   LOG.info("data: %s", data_line(data.counts))
+  for warning in data.warnings:
+    LOG.warning("warning: %s", warning)
   model = models.from_config(config)
   mesh = mesh_lib.hospital_mesh(config.engine.num_devices)
   run_round = builders.build_round(config, model, mesh)
@@ -102,6 +108,7 @@ def train_and_evaluate(config, run_dir) -> dict:
     sampled = sampling.sample_hospitals(config.seed, round_index, config.num_hospitals,
                                         config.hospitals_per_round)
     roles = run.roles(round_index)
+    failpoints.hit("round", round_index + 1)
     state, out = run_round(state, device_data, sampled, jax.random.fold_in(base_key, round_index),
                            None if roles is None else np.asarray(roles.verifiers))
     jax.block_until_ready(state)

@@ -14,6 +14,7 @@ LAZY_IMPORTS_ALLOWED = {
                       "optax"},
     "reporting": {"matplotlib", "tensorboardX"},
     "main": {"ccfl_jax", "ccfl_jax.models", "ccfl_jax.recorder", "ccfl_jax.training",
+             "ccfl_jax.files",
              "ccfl_jax.data.datasets", "ccfl_jax.data.errors", "ccfl_jax.data"},
     "data.cc19": {"tensorflow_datasets"},
     "models.weights.torch_pickle": {"collections"},

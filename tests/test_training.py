@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ccfl_jax import configuration, inference, recorder, training
+from ccfl_jax import configuration, files, inference, recorder, training
 from ccfl_jax.federated import privacy
 from ccfl_jax.ledger import audit, store
 from tests.conftest import REPO_ROOT
@@ -201,3 +201,13 @@ def test_resume_with_another_config_is_refused_untouched_or_forced_and_charged_p
   assert records[-1]["epsilon"] > privacy.epsilon(3, sampled, 2.0, 1e-5)  # not all at 2.0
   report = audit.verify_run(run_dir)  # recomputes every round's ε from its recorded σ_t
   assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize("results_below_a_file", [False, True])
+def test_an_unwritable_results_folder_is_refused_before_any_training(tmp_path,
+                                                                     results_below_a_file):
+  (tmp_path / "results").write_text("a file where the results folder should be")
+  results = tmp_path / "results" / ("deeper" if results_below_a_file else "")
+  with pytest.raises(files.OutputError, match="results.*cannot write the run folder here"):
+    training.train_and_evaluate(tiny_config(), results / "run")
+  assert (tmp_path / "results").read_text().startswith("a file")

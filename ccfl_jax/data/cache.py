@@ -24,6 +24,7 @@ from absl import app, flags
 
 from ccfl_jax.data.errors import SkippedFile
 from ccfl_jax.data.real_slices import RealSlices
+from ccfl_jax.files import write_atomically
 
 # Bump when the preprocessing code changes what it produces for the same parameters.
 CACHE_FORMAT_VERSION = 1
@@ -90,15 +91,8 @@ def sources_digest(root, files: Iterable[pathlib.Path], cache_dir: str | None = 
     updated[relative] = stamp + [None if recent else digest]
     combined.update(f"{relative}\0{digest}\0".encode())
   if memo_path is not None and updated != memo:
-    _write_text_atomically(memo_path, json.dumps(updated))
+    write_atomically(memo_path, json.dumps(updated))
   return combined.hexdigest()
-
-
-def _write_text_atomically(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-    f.write(text)
-  os.replace(f.name, path)
 
 
 def entry_key(reader: str, params: dict, source_digest: str) -> str:

@@ -26,6 +26,7 @@ import pydicom
 import pydicom.errors
 import pydicom.pixels
 
+from ccfl_jax import progress
 from ccfl_jax.data import cache
 from ccfl_jax.data.errors import BadFilePolicy, DataError
 from ccfl_jax.data.labels_csv import LABELS_FILE, LabelRow, column_or_none, read_labels_csv
@@ -356,7 +357,7 @@ def read_labelled_tree(root, params: dict) -> RealSlices:
   to_image = hu_to_image(params)
   columns = {k: [] for k in ("images", "labels", "patients", "split", "site", "paths",
                              "positions", "thickness")}
-  for folder in find_series_folders(root):
+  for folder in progress.bar(find_series_folders(root), f"decoding {root.name}", unit="series"):
     labelled = []
     for path in series_files(folder, policy):
       row = labeller.row_for(path) if labeller else None

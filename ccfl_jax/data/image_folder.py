@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ccfl_jax import progress
 from ccfl_jax.data import cache
 from ccfl_jax.data.dicom import check_folder
 from ccfl_jax.data.errors import BadFilePolicy, DataError
@@ -61,7 +62,7 @@ def read_labelled_folder(root, image_size: int, on_bad_file: str = "error") -> R
                     "folder dataset); expected columns path,label,patient_id[,split]")
   policy = BadFilePolicy(on_bad_file)
   images, kept = [], []
-  for row in read_labels_csv(root / LABELS_FILE):
+  for row in progress.bar(read_labels_csv(root / LABELS_FILE), f"decoding {root.name}"):
     path = root / row.path
     if not path.is_file():
       policy.reject(path, f"named on {LABELS_FILE} line {row.line} but missing")

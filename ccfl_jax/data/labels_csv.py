@@ -33,6 +33,15 @@ def _first_present(row: dict, columns: tuple[str, ...]) -> str | None:
   return None
 
 
+def check_inside_folder(path: str, where: str) -> None:
+  """DataError unless `path` is relative and stays inside the folder holding labels.csv: a
+  dataset reads (and its cache key covers) only files of its own folder."""
+  pure = pathlib.PurePosixPath(path.replace("\\", "/"))
+  if pure.is_absolute() or pathlib.PureWindowsPath(path).drive or ".." in pure.parts:
+    raise DataError(where, f"path {path!r} leaves the dataset folder (expected a path "
+                    "relative to the folder of labels.csv, without '..')")
+
+
 def parse_label(text: str, where: str) -> int:
   """'0'/'1' (also '0.0'/'1.0') -> int, else a `DataError` naming the row."""
   value = (text or "").strip()
@@ -64,6 +73,8 @@ def read_labels_csv(csv_path, required=("path", "label", "patient_id")) -> list[
         path = (row.get("path") or "").strip()
         if "path" in required and not path:
           raise DataError(where, "empty path")
+        if path:
+          check_inside_folder(path, where)
         if path and path in first_line_of:
           raise DataError(where, f"duplicate path {path!r} (first on line {first_line_of[path]})")
         first_line_of[path] = line

@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 
+from ccfl_jax import failpoints
 from ccfl_jax.ledger import block as block_lib
 from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
 
@@ -92,6 +93,7 @@ def write_record(directory, seq: int, prev_record_sha256: str, content) -> Recor
     f.write(data)
     f.flush()
     os.fsync(f.fileno())
+  failpoints.hit("ledger_append", seq)
   try:
     os.link(temporary, final)
   finally:

@@ -83,6 +83,15 @@ def test_duplicate_paths(tmp_path):
   expect_error(tmp_path / "d", tmp_path, "labels.csv line 3", "duplicate path")
 
 
+@pytest.mark.parametrize("outside", ["../outside.png", "sub/../../outside.png", "/abs/x.png"])
+def test_paths_outside_the_dataset_folder_are_refused(tmp_path, outside):
+  write_folder(tmp_path / "d", ["a.png,1,p1,train"])
+  Image.new("L", (40, 20), 255).save(tmp_path / "outside.png")  # exists, and is not read
+  with open(tmp_path / "d" / "labels.csv", "a") as f:
+    f.write(f"{outside},0,p2,train\n")
+  expect_error(tmp_path / "d", tmp_path, "labels.csv line 3", "leaves the dataset folder")
+
+
 def test_missing_column(tmp_path):
   write_folder(tmp_path / "d", ["a.png,1"], header="path,label")
   expect_error(tmp_path / "d", tmp_path, "labels.csv", "missing column.*patient_id")
