@@ -62,12 +62,10 @@ def test_resume_after_stop_and_crash_matches_uninterrupted(tmp_path):
   assert round_a == round_b == 4
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  result = subprocess.run([sys.executable, "-m", "ccfl_jax.ledger", "verify", str(resumed)],
-                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
-                          text=True, timeout=300)
-  assert result.returncode == 0, result.stdout + result.stderr
+  report = audit.verify_run(resumed)
+  assert report.ok, report.summary()
   # 2 setup blocks, one per round and the closing block
-  assert "OK: 7 blocks (4 rounds, closed)" in result.stdout
+  assert "OK: 7 blocks (4 rounds, closed)" in report.summary()
   records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
   assert all(sorted(r["accepted"] + r["rejected"]) == r["sampled"] for r in records)
 

@@ -6,7 +6,6 @@ each becomes one channel in [0, 1], is resized keeping its aspect ratio so the l
 `image_size`, and is padded with black (air) to a square. Such images are already display-
 windowed (they are not Hounsfield units), so the lung window is not applied.
 """
-import pathlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

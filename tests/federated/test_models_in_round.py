@@ -17,8 +17,7 @@ def _kwargs(name):
   return SMALL_KWARGS.get(name, tiny_kwargs(name))
 
 
-ROUND_MODELS = ("mlp", "small_cnn", "capsnet", "iv3_capsule", "efficientnet_lite", "vgg16",
-                "resnet50")
+ROUND_MODELS = ("mlp", "small_cnn", "capsnet", "iv3_capsule", "efficientnet_lite")
 
 
 @pytest.mark.parametrize("name", ROUND_MODELS)
@@ -47,10 +46,12 @@ def test_model_trains_in_compiled_round_vmapped_over_hospitals(name):
   np.testing.assert_allclose(jnp.sum(probabilities, -1), 1.0, rtol=1e-5)
 
 
-# The whole compiled round costs 20-65 s of XLA:CPU compile per deep zoo model (measured:
-# 700 s for all 19 models), so the round runs for one model of each family above (mlp,
-# small_cnn, capsnet, iv3_capsule, efficientnet_lite, vgg16, resnet50 via ROUND_MODELS) and
-# every model's tiny version is checked abstractly (shapes only, no compile) here.
+# The whole compiled round costs 20-90 s of XLA:CPU compile per deep zoo model (measured:
+# 700 s for all 19 models), so the round runs for the project's own models and one deep
+# pretrained backbone (ROUND_MODELS: mlp, small_cnn, capsnet, iv3_capsule, efficientnet_lite;
+# vgg16 and resnet50 ran here too, 87 s, and were dropped to keep the suite under 15 min),
+# every zoo model's forward pass is compiled and checked finite in tests/models/test_zoo.py,
+# and every model's tiny version is checked abstractly (shapes only, no compile) here.
 @pytest.mark.parametrize("name", model_names())
 def test_every_model_builds_and_gives_two_class_outputs_abstractly(name):
   model = get_model(name, **_kwargs(name))
