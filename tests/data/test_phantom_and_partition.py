@@ -1,3 +1,4 @@
+from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
@@ -81,3 +82,21 @@ def test_by_site_needs_one_hospital_per_site():
   assert all(len(set(site[h])) == 1 for h in part.hospitals)
   with pytest.raises(ValueError, match="num_hospitals.*3 sites"):
     partition.partition(with_site, 4, "by_site", seed=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(num_hospitals=st.integers(1, 12), alpha=st.floats(0.05, 100.0), seed=st.integers(0, 2**16),
+       kind=st.sampled_from(["iid", "dirichlet"]), extra_patients=st.integers(0, 30))
+def test_every_patient_is_assigned_exactly_once_for_any_h_alpha_and_seed(
+    num_hospitals, alpha, seed, kind, extra_patients):
+  num_patients = 2 * num_hospitals + 4 + extra_patients  # enough for one per hospital + test
+  slices = _slices(num_patients=num_patients, per_patient=2, seed=seed)
+  part = partition.partition(slices, num_hospitals, kind, seed=seed, test_fraction=0.2,
+                             alpha=alpha)
+  assert len(part.hospitals) == num_hospitals
+  everything = np.concatenate(part.hospitals + (part.test,))
+  assert sorted(everything) == list(range(len(slices)))  # every slice exactly once
+  owner = {}
+  for place, index in enumerate(part.hospitals + (part.test,)):
+    for patient in set(slices.patient_ids[index]):
+      assert owner.setdefault(patient, place) == place  # a patient never in two places
