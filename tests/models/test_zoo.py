@@ -40,6 +40,11 @@ FULL_SIZE = {
     "alexnet": (CLASSIC_HEAD, 61_100_840, 61_100_840, None),  # torchvision's single tower
 }
 ZOO = tuple(FULL_SIZE)
+# One model per block family for the compiled forward pass (10-17 s of XLA:CPU compile each):
+# the deeper members (vgg19, resnet152v2, densenet169/201) repeat the same blocks more times,
+# and their structure is pinned by the parameter counts and the abstract shape checks.
+COMPILED = ("vgg16", "alexnet", "xception", "resnet50", "resnet50v2", "inceptionv3", "mobilenet",
+            "mobilenetv2", "densenet121")
 
 
 def parameter_shapes(name, kwargs, shape):
@@ -80,7 +85,7 @@ def test_small_versions_take_any_image_shape(shape):
     assert jax.eval_shape(module.apply, params, images).shape == (shape[0], 2), name
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", COMPILED)
 def test_small_version_gives_finite_logits(name):
   module = get_model(name, **tiny_kwargs(name)).module
   images = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
