@@ -34,8 +34,8 @@ def one_install(work: pathlib.Path, index: int) -> dict:
   seconds = time.perf_counter() - started
   mib = int(subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True,
                            check=True).stdout.split()[0])
-  packages = subprocess.run(pip + ["list", "--format=freeze"], capture_output=True, text=True,
-                            check=True).stdout.splitlines()
+  packages = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
   return dict(seconds=round(seconds, 1), venv_mib=mib, packages=len(packages))
 
 
