@@ -70,7 +70,6 @@ def restore(manager: ocp.CheckpointManager, template_state, seed: int, step: int
 
 
 def write_config(run_dir, config) -> None:
-  pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
   write_atomically(pathlib.Path(run_dir) / "config.json", config.to_json(indent=2, sort_keys=True))
 
 

@@ -59,8 +59,7 @@ def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshol
   """Loads the run's model (verified against its ledger unless verify=False) and the dataset;
   returns the report (also what is written)."""
   kind, path = parse_data_spec(data_spec)
-  if not 0 <= threshold <= 1:
-    raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
+  inference.check_decision_rule(threshold, top_fraction)
   config, params, rounds_done = audited.load_run(run_dir, round_, verify)
   slices = datasets.load_dataset(
       evaluation_dataset_config(config, kind, path, on_bad_file, cache_dir), config.seed)

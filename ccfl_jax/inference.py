@@ -110,6 +110,15 @@ def covid_probabilities(model: models.ModelSpec, params, images: np.ndarray,
                          for i in range(0, len(padded), batch_size)])[:n]
 
 
+def check_decision_rule(threshold: float, top_fraction: float = DEFAULT_TOP_FRACTION) -> None:
+  """ValueError naming the flag unless the verdict threshold and the patient rule's top
+  fraction are usable (evaluate and predict check them before loading anything)."""
+  if not 0 <= threshold <= 1:
+    raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
+  if not 0 < top_fraction <= 1:
+    raise ValueError(f"--top_fraction={top_fraction}: expected a fraction in (0, 1]")
+
+
 def patient_score(probabilities, top_fraction: float = DEFAULT_TOP_FRACTION) -> float:
   """Mean of the top ceil(top_fraction * n) slice probabilities (see the module docstring)."""
   probabilities = np.sort(np.asarray(probabilities, np.float64))[::-1]

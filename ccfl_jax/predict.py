@@ -109,10 +109,7 @@ def run_predictions(run_dir, paths, round_=None, threshold: float = 0.5,
                     on_bad_file: str = "error", verify: bool = True):
   """(slice rows, patient rows, about) for `paths` with the run's model and preprocessing
   (the checkpoint verified against the run's ledger unless verify=False)."""
-  if not 0 <= threshold <= 1:
-    raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
-  if not 0 < top_fraction <= 1:
-    raise ValueError(f"--top_fraction={top_fraction}: expected a fraction in (0, 1]")
+  inference.check_decision_rule(threshold, top_fraction)
   config, params, rounds_done = audited.load_run(run_dir, round_, verify)
   preprocessing = dicom.preprocessing_params(config.dataset)
   policy = BadFilePolicy(on_bad_file)

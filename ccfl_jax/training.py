@@ -126,9 +126,8 @@ def train_and_evaluate(config, run_dir) -> dict:
                            epsilon, config, round_times[-1])
     run.record(round_index, roles, sampled, out, state, record, history)
     reporting.log_round(record, config.num_rounds, round_times)
-  accountant = (privacy.epsilon_report(config.num_hospitals, history.sampled,
-                                       history.noise_multipliers, p.delta)["accountant"]
-                if history.sampled else "rdp")
+  accountant = privacy.epsilon_report(config.num_hospitals, history.sampled,
+                                      history.noise_multipliers, p.delta)["accountant"]
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
                                 time.time() - started, environment.describe(jax.devices()),
                                 accountant)
