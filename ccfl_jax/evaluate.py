@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from ccfl_jax import audited, command_line, inference, metrics, models, reporting
 from ccfl_jax.data import datasets
 from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, DataError
-from ccfl_jax.data.real_slices import skipped_files
+from ccfl_jax.data.real_slices import loader_warnings, skipped_files
 from ccfl_jax.files import write_atomically
 
 METRIC_ORDER = ("precision", "sensitivity", "specificity", "accuracy", "f1", "auc")
@@ -84,7 +84,7 @@ def evaluate_run(run_dir, data_spec: str, round_=None, split: str = "", threshol
       slice_metrics=metrics.classification_metrics(slices.labels, probabilities, threshold),
       patient_metrics=metrics.classification_metrics(patient_labels, patient_scores, threshold),
       patient_rule=inference.patient_rule(top_fraction),
-      skipped=[dataclasses.asdict(s) for s in skipped])
+      skipped=[dataclasses.asdict(s) for s in skipped], warnings=list(loader_warnings(slices)))
 
 
 def default_output_path(run_dir, report: dict) -> pathlib.Path:
@@ -105,6 +105,7 @@ def format_report(report: dict) -> str:
     m = report[f"{level}_metrics"]
     lines.append(f"{level:10}" + "".join(f"{m[k]:13.4f}" for k in METRIC_ORDER) +
                  f"   {m['confusion_matrix']}")
+  lines += [f"warning: {w}" for w in report["warnings"]]
   if report["skipped"]:
     lines.append(f"skipped {len(report['skipped'])} bad file(s): " +
                  "; ".join(f"{s['path']}: {s['problem']}" for s in report["skipped"]))

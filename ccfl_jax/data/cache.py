@@ -3,7 +3,8 @@
 An entry is keyed by a digest of (reader, cache format version, every preprocessing parameter,
 and the relative path and *content* of every source file). Editing, adding or removing a source
 file, or changing image_size / window / on_bad_file, gives a new key; the old entry is simply
-never read again. (A file's content digest is remembered with its size and modification time,
+never read again. An entry stores the slices with the loader's skipped files and data-quality
+warnings, so a hit reports them as the first load did. (A file's content digest is remembered with its size and modification time,
 and recomputed when either changes, so a hit costs a `stat` per file, not a full reread.)
 
 Where it lives: `config.dataset.cache_dir`, or when that is '' `$XDG_CACHE_HOME/ccfl_jax`
@@ -27,7 +28,8 @@ from ccfl_jax.data.real_slices import RealSlices
 from ccfl_jax.files import write_atomically
 
 # Bump when the preprocessing code changes what it produces for the same parameters.
-CACHE_FORMAT_VERSION = 1
+# 2: entries carry the loader's data-quality warnings (older entries have none to report).
+CACHE_FORMAT_VERSION = 2
 _READ_CHUNK = 1 << 20
 _RACY_WINDOW_NS = 2_000_000_000
 
@@ -106,7 +108,8 @@ def _to_arrays(slices: RealSlices) -> dict[str, np.ndarray]:
   arrays = {"images": slices.images, "labels": slices.labels,
             "patient_ids": np.asarray(slices.patient_ids, str),
             "skipped_paths": np.asarray([s.path for s in slices.skipped], str),
-            "skipped_problems": np.asarray([s.problem for s in slices.skipped], str)}
+            "skipped_problems": np.asarray([s.problem for s in slices.skipped], str),
+            "warnings": np.asarray(slices.warnings, str)}
   for name in ("split", "site", "source_paths", "slice_positions", "slice_thickness"):
     if getattr(slices, name) is not None:
       arrays[name] = np.asarray(getattr(slices, name))
@@ -119,7 +122,8 @@ def _from_arrays(arrays) -> RealSlices:
                   for p, q in zip(arrays["skipped_paths"], arrays["skipped_problems"]))
   return RealSlices(arrays["images"], arrays["labels"], arrays["patient_ids"],
                     optional("split"), optional("site"), optional("source_paths"),
-                    optional("slice_positions"), optional("slice_thickness"), skipped)
+                    optional("slice_positions"), optional("slice_thickness"), skipped,
+                    tuple(str(w) for w in arrays["warnings"]))
 
 
 def _write_atomically(path: pathlib.Path, arrays: dict) -> None:

@@ -7,7 +7,8 @@ the `array_record` format, read back with `tfds.data_source` -- no TensorFlow ne
 
 Each preprocessing setting (image size, window, on_bad_file) and each version of the manual
 folder's content is its own builder config, so a change rebuilds instead of serving stale
-slices. Prepared data lives in `config.dataset.tfds_data_dir`, or when that is '' in
+slices. The prepared data's metadata records the reader's skipped files and data-quality
+warnings, so every later read reports them. Prepared data lives in `config.dataset.tfds_data_dir`, or when that is '' in
 `<preprocessing cache>/tensorflow_datasets` (see `ccfl_jax.data.cache`); delete it to clear.
 
 tensorflow-datasets is the optional extra `cc19` (`pip install -e ".[cc19]"`): this module
@@ -83,8 +84,9 @@ def builder_classes():
   class Cc19(tfds.core.GeneratorBasedBuilder):
     """CC-19 lung CT slices with patient ids, labels and (when given) the official split."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: lung-windowed slices from the DICOM series."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release: lung-windowed slices from the DICOM series.",
+                     "1.1.0": "Records the DICOM reader's data-quality warnings."}
     BUILDER_CONFIGS = [Cc19Config(name="default", description="64x64, lung window -600/1500 HU")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
@@ -120,6 +122,7 @@ def builder_classes():
                                         self.builder_config.preprocessing_params())
       # Recorded in the prepared dataset so a later read still reports what was left out.
       self.info.metadata["skipped"] = [[s.path, s.problem] for s in slices.skipped]
+      self.info.metadata["warnings"] = list(slices.warnings)
       self.info.metadata["has_official_split"] = slices.split is not None
       split_names = slices.split if slices.split is not None else np.full(len(slices), "train")
       split_names = np.asarray([name or "train" for name in split_names])
@@ -202,6 +205,7 @@ def load(dataset_config, seed: int) -> RealSlices:
   split = np.concatenate([np.full(len(p["labels"]), name) for name, p in parts.items()])
   metadata = builder.info.metadata or {}
   skipped = tuple(SkippedFile(path, problem) for path, problem in metadata.get("skipped", []))
+  warnings = tuple(metadata.get("warnings", []))
   # array_record files are shuffled: restore patient, then slice order for readable output.
   order = np.lexsort((joined["slice_positions"], joined["patient_ids"]))
   joined = {key: value[order] for key, value in joined.items()}
@@ -211,5 +215,5 @@ def load(dataset_config, seed: int) -> RealSlices:
       joined["images"], joined["labels"], joined["patient_ids"],
       split.astype(str) if metadata.get("has_official_split") else None,
       joined["site"] if has_site else None, joined["source_paths"],
-      joined["slice_positions"], joined["slice_thickness"], skipped)
+      joined["slice_positions"], joined["slice_thickness"], skipped, warnings)
 

@@ -12,6 +12,12 @@ Slices are ordered along the slice normal (ImagePositionPatient . normal of
 ImageOrientationPatient), else by SliceLocation, else InstanceNumber: never by file name.
 Pixels become Hounsfield units through RescaleSlope/RescaleIntercept, read from the top level or,
 for Enhanced CT multi-frame files, from the per-frame or shared functional groups.
+
+Data-quality rules (`ccfl_jax.data.image_checks`): a file whose header claims more than 2**28
+pixels per frame (Rows x Columns) or 2**31 in all its frames is a bad file, refused before
+decoding. Warned, in `RealSlices.warnings`: a series (same SeriesInstanceUID, or the same folder
+without one) whose slices differ in size, once per series; slices below 32 pixels on a side,
+once per load (count and first file). Sizes are checked as stored, before resizing.
 """
 import contextlib
 import dataclasses
@@ -27,7 +33,7 @@ import pydicom.errors
 import pydicom.pixels
 
 from ccfl_jax import progress
-from ccfl_jax.data import cache
+from ccfl_jax.data import cache, image_checks
 from ccfl_jax.data.errors import BadFilePolicy, DataError
 from ccfl_jax.data.labels_csv import LABELS_FILE, LabelRow, column_or_none, read_labels_csv
 from ccfl_jax.data.preprocessing import outside_field_of_view_to_air, preprocess_hu
@@ -55,6 +61,7 @@ class DicomSlice:
   slice_location: float
   thickness: float
   instance: int
+  pixel_shape: tuple[int, int]  # (Rows, Columns) as stored, before `to_image`
 
 
 def _float_or_nan(value) -> float:
@@ -154,6 +161,15 @@ def _quiet_invalid_uid_warnings():
     logger.removeFilter(keep)
 
 
+def _claimed_size_problem(dataset) -> str | None:
+  """Why the header's Rows x Columns x NumberOfFrames is too large to decode, or None."""
+  try:
+    claimed = [dataset.get(name) for name in ("Rows", "Columns", "NumberOfFrames")]
+  except (ValueError, TypeError, KeyError, AttributeError):
+    return None  # an unparsable header value: decoding reports the file instead
+  return image_checks.dicom_claimed_size_problem(*claimed)
+
+
 def read_dataset(path) -> pydicom.Dataset:
   """Parses a DICOM file and checks it can give pixels; `DataError` names the problem."""
   try:
@@ -167,6 +183,9 @@ def read_dataset(path) -> pydicom.Dataset:
         from error
   if "PixelData" not in dataset:
     raise DataError(path, "DICOM file has no pixel data (missing, or the file is truncated)")
+  problem = _claimed_size_problem(dataset)
+  if problem:
+    raise DataError(path, problem)
   if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
     raise DataError(path, "DICOM file has no transfer syntax (missing file meta)")
   problem = _decoder_problem(dataset)
@@ -205,7 +224,8 @@ def read_dicom_file(path, to_image: Callable[[np.ndarray], np.ndarray] = lambda 
         position=position_along_normal(dataset, frame),
         slice_location=_float_or_nan(dataset.get("SliceLocation")),
         thickness=_float_or_nan(thickness),
-        instance=_instance_number(dataset)))
+        instance=_instance_number(dataset),
+        pixel_shape=(int(stored.shape[0]), int(stored.shape[1]))))
   return slices
 
 
@@ -349,14 +369,23 @@ def check_folder(root) -> pathlib.Path:
   return root
 
 
+def size_warnings(sized: list[tuple[str, str, tuple]]) -> tuple[str, ...]:
+  """The data-quality warnings on (series name, path, stored shape) of every kept slice."""
+  tiny = image_checks.tiny_images_warning(((path, shape) for _, path, shape in sized),
+                                          noun="slice")
+  return tuple(image_checks.mixed_series_sizes_warnings(sized)) + ((tiny,) if tiny else ())
+
+
 def read_labelled_tree(root, params: dict) -> RealSlices:
-  """Every labelled DICOM slice under `root`, preprocessed; bad files per `on_bad_file`."""
+  """Every labelled DICOM slice under `root`, preprocessed; bad files per `on_bad_file`; tiny
+  slices and series of mixed slice sizes warned about in `RealSlices.warnings`."""
   root = check_folder(root)
   policy = BadFilePolicy(params["on_bad_file"])
   labeller = _labeller(root, policy)
   to_image = hu_to_image(params)
   columns = {k: [] for k in ("images", "labels", "patients", "split", "site", "paths",
                              "positions", "thickness")}
+  sized = []  # (series name, path, stored shape) of every kept slice, in slice order
   for folder in progress.bar(find_series_folders(root), f"decoding {root.name}", unit="series"):
     labelled = []
     for path in series_files(folder, policy):
@@ -381,6 +410,7 @@ def read_labelled_tree(root, params: dict) -> RealSlices:
       columns["paths"].append(s.path)
       columns["positions"].append(s.position if not math.isnan(s.position) else s.slice_location)
       columns["thickness"].append(s.thickness)
+      sized.append((s.series_uid or str(folder), s.path, s.pixel_shape))
   if not columns["images"]:
     raise DataError(root, "no DICOM slices found (empty folder, or every file was bad)")
   as_array = lambda v: None if v is None else np.asarray(v, str)
@@ -389,7 +419,7 @@ def read_labelled_tree(root, params: dict) -> RealSlices:
       np.asarray(columns["patients"], str), as_array(column_or_none(columns["split"])),
       as_array(column_or_none(columns["site"])), np.asarray(columns["paths"], str),
       np.asarray(columns["positions"], np.float32), np.asarray(columns["thickness"], np.float32),
-      tuple(policy.skipped))
+      tuple(policy.skipped), size_warnings(sized))
 
 
 def load(dataset_config, seed: int) -> RealSlices:

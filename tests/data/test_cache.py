@@ -22,8 +22,8 @@ def config(root, tmp_path, image_size=8):
 
 def count_decodes(monkeypatch):
   calls = []
-  original = image_folder.read_image
-  monkeypatch.setattr(image_folder, "read_image",
+  original = image_folder.read_grey
+  monkeypatch.setattr(image_folder, "read_grey",
                       lambda *a, **k: calls.append(a[0]) or original(*a, **k))
   return calls
 
@@ -59,3 +59,13 @@ def test_cache_location_and_clear(tmp_path, monkeypatch):
                         text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   assert not (tmp_path / "cache" / "slices").exists()
+
+
+def test_warnings_survive_a_cache_hit(tmp_path, monkeypatch):
+  make_folder(tmp_path / "d")  # a.png is 20x20: a tiny image
+  calls = count_decodes(monkeypatch)
+  first = image_folder.load(config(tmp_path / "d", tmp_path), 0)
+  second = image_folder.load(config(tmp_path / "d", tmp_path), 0)
+  assert len(calls) == 1
+  assert len(first.warnings) == 1 and "a.png, 20x20" in first.warnings[0]
+  assert second.warnings == first.warnings

@@ -81,7 +81,7 @@ def test_covid_ct_md_loads_as_labelled_dataset(covid_ct_md_slices):
   assert sorted(slices.patients()) == ["P002", "cap002"]
   assert set(slices.labels[slices.patient_ids == "P002"]) == {1}
   assert set(slices.labels[slices.patient_ids == "cap002"]) == {0}
-  assert slices.split is None and slices.skipped == ()
+  assert slices.split is None and slices.skipped == () and slices.warnings == ()
 
 
 def test_ct_small_in_hounsfield_units():
@@ -231,3 +231,94 @@ def test_skip_counts_every_bad_file(tmp_path):
   assert "mixed series" in skipped["4.dcm"]
   again = dicom.load(dataset_config(root, tmp_path, on_bad_file="skip"), 0)  # from the cache
   assert again.skipped == slices.skipped
+
+
+# --- data-quality checks: mixed and tiny slice sizes warned, absurd sizes refused ------------
+
+def resized_ct_small(path, step=1, crop=None, z=0.0, series_uid=None):
+  """CT_small.dcm (128x128) subsampled by `step` and/or cropped to `crop` x `crop` pixels."""
+  dataset = ct_small_copy(path, series_uid=series_uid, z=z)
+  pixels = dataset.pixel_array[::step, ::step][:crop, :crop]
+  dataset.PixelData = np.ascontiguousarray(pixels).tobytes()
+  dataset.Rows, dataset.Columns = pixels.shape
+  dataset.save_as(path)
+  return dataset
+
+
+def load_labelled(root, tmp_path, on_bad_file="error"):
+  (root / "labels.csv").write_text("path,label,patient_id\np1,1,p1\n")
+  return dicom.load(dataset_config(root, tmp_path, on_bad_file), 0)
+
+
+def test_clean_series_gives_no_warning(tmp_path):
+  root = tmp_path / "data"
+  labelled_series(root, "1.dcm", "2.dcm")
+  assert dicom.load(dataset_config(root, tmp_path), 0).warnings == ()
+
+
+def test_mixed_slice_sizes_in_a_series_are_warned_once(tmp_path):
+  root = tmp_path / "data"
+  for name, z in (("1.dcm", 0.0), ("3.dcm", 2.0), ("4.dcm", 3.0)):
+    ct_small_copy(root / "p1" / name, z=z)
+  resized_ct_small(root / "p1" / "2.dcm", step=2, z=1.0)
+  resized_ct_small(root / "p1" / "5.dcm", step=2, z=4.0)
+  slices = load_labelled(root, tmp_path)
+  assert len(slices) == 5 and slices.images.shape[1:] == (32, 32, 1)
+  uid = pydicom.dcmread(root / "p1" / "1.dcm").SeriesInstanceUID
+  assert slices.warnings == (f"series {uid} mixes slice sizes 128x128 and 64x64 "
+                             f"(first odd one: {root / 'p1' / '2.dcm'})",)
+
+
+def test_mixed_slice_sizes_without_series_uid_name_the_folder(tmp_path):
+  root = tmp_path / "data"
+  for name, step in (("1.dcm", 1), ("2.dcm", 2)):
+    dataset = resized_ct_small(root / "p1" / name, step=step, z=float(step))
+    del dataset.SeriesInstanceUID
+    dataset.save_as(root / "p1" / name)
+  (warning,) = load_labelled(root, tmp_path).warnings
+  # a tie: the size of the first slice in slice order is the usual one
+  assert warning == (f"series {root / 'p1'} mixes slice sizes 128x128 and 64x64 "
+                     f"(first odd one: {root / 'p1' / '2.dcm'})")
+
+
+def test_tiny_slices_give_one_warning_with_count_and_first_file(tmp_path):
+  root = tmp_path / "data"
+  for i, name in enumerate(("1.dcm", "2.dcm", "3.dcm")):
+    resized_ct_small(root / "p1" / name, crop=16, z=float(i))
+  slices = load_labelled(root, tmp_path)
+  assert len(slices) == 3
+  assert slices.warnings == (
+      f"3 slice(s) smaller than 32 pixels on a side (first: {root / 'p1' / '1.dcm'}, 16x16): "
+      "upscaled to image_size, they carry little detail; check they are CT slices, not "
+      "thumbnails",)
+  assert dicom.load(dataset_config(root, tmp_path), 0).warnings == slices.warnings  # cache hit
+
+
+def claim_absurd_size(path):
+  dataset = pydicom.dcmread(path)
+  dataset.Rows, dataset.Columns = 32768, 32768  # 2**30 pixels claimed, 32 KiB of pixel data
+  dataset.save_as(path)
+
+
+def test_absurd_claimed_size_is_refused_before_decoding(tmp_path, monkeypatch):
+  root = tmp_path / "data"
+  labelled_series(root, "1.dcm", "2.dcm")
+  claim_absurd_size(root / "p1" / "2.dcm")
+  monkeypatch.setattr(dicom, "decode_frames", lambda *a: pytest.fail("decoded"))
+  with pytest.raises(DataError) as info:
+    dicom.read_dataset(root / "p1" / "2.dcm")
+  assert str(info.value) == (
+      f"{root / 'p1' / '2.dcm'}: header claims 32768x32768 pixels per frame (1,073,741,824), "
+      "above the limit of 268,435,456 (2**28): refused before decoding; expected a CT slice "
+      "image (typically 512x512)")
+
+
+def test_absurd_claimed_size_follows_on_bad_file(tmp_path):
+  root = tmp_path / "data"
+  labelled_series(root, "1.dcm", "2.dcm")
+  claim_absurd_size(root / "p1" / "2.dcm")
+  expect_error(root, tmp_path, "2.dcm", "header claims 32768x32768 pixels per frame")
+  slices = dicom.load(dataset_config(root, tmp_path, on_bad_file="skip"), 0)
+  assert len(slices) == 1
+  (skipped,) = slices.skipped
+  assert skipped.path.endswith("2.dcm") and "refused before decoding" in skipped.problem

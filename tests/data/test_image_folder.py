@@ -1,4 +1,7 @@
 """Image-folder reader: the real UCSD collection, every image mode, and bad input."""
+import contextlib
+import warnings
+
 import ml_collections
 import numpy as np
 import pytest
@@ -33,7 +36,7 @@ def test_ucsd_loads_with_patients_and_official_split(ucsd_dir, tmp_path):
   assert int(slices.labels[slices.split == "val"].sum()) == 60
   train = set(slices.patient_ids[slices.split == "train"])
   assert not train & set(slices.patient_ids[slices.split == "val"])
-  assert slices.skipped == ()
+  assert slices.skipped == () and slices.warnings == ()
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA"])
@@ -124,3 +127,71 @@ def test_skip_counts_every_bad_file(tmp_path):
   slices = image_folder.load(dataset_config(tmp_path / "d", tmp_path, on_bad_file="skip"), 0)
   assert list(slices.patient_ids) == ["p1"] and list(slices.split) == ["train"]
   assert sorted(s.path.split("/")[-1] for s in slices.skipped) == ["b.png", "c.png"]
+
+
+# --- data-quality checks: tiny images warned, decompression bombs refused -------------------
+
+def write_images(root, sizes: dict):
+  """One white image per name -> (width, height), all of patient p<i>, label 1 then 0 ..."""
+  root.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for i, (name, size) in enumerate(sizes.items()):
+    Image.new("L", size, 255).save(root / name)
+    rows.append(f"{name},{i % 2},p{i},train")
+  (root / "labels.csv").write_text("\n".join(["path,label,patient_id,split", *rows]) + "\n")
+  return root
+
+
+def test_clean_folder_of_mixed_sizes_gives_no_warning(tmp_path):
+  root = write_images(tmp_path / "d", {"a.png": (40, 40), "b.png": (64, 32), "c.png": (512, 512)})
+  assert image_folder.load(dataset_config(root, tmp_path), 0).warnings == ()
+
+
+def test_tiny_images_give_one_warning_with_count_and_first_file(tmp_path):
+  root = write_images(tmp_path / "d", {"a.png": (40, 40), "b.png": (16, 12), "c.png": (40, 31)})
+  slices = image_folder.load(dataset_config(root, tmp_path), 0)
+  assert len(slices) == 3
+  (warning,) = slices.warnings
+  assert warning.startswith(f"2 image(s) smaller than 32 pixels on a side (first: {root / 'b.png'}"
+                            ", 16x12)")
+
+
+BOMB_LIMIT = 2000  # pixels; PIL warns above this, and raises above twice this
+
+
+@contextlib.contextmanager
+def no_bomb_warning():
+  """Fails the test if PIL's DecompressionBombWarning escapes the reader."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    yield
+
+
+@pytest.fixture
+def small_bomb_limit(monkeypatch):
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
+
+
+@pytest.mark.parametrize("name,size,claimed", [
+    ("warned.png", (50, 50), "50x50 image (2,500 pixels)"),      # 1x-2x: PIL only warns
+    ("refused.png", (70, 70), "image of 4,900 pixels"),          # > 2x: PIL raises
+])
+def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, small_bomb_limit, name,
+                                                             size, claimed):
+  root = write_images(tmp_path / "d", {"a.png": (40, 40), name: size})
+  with no_bomb_warning():
+    with pytest.raises(DataError) as info:
+      image_folder.load(dataset_config(root, tmp_path), 0)
+  assert str(info.value) == (
+      f"{root / name}: {claimed} exceeds PIL.Image.MAX_IMAGE_PIXELS (2,000 pixels): refused as "
+      "a possible decompression bomb; expected a CT slice image (typically 512x512)")
+
+
+def test_decompression_bombs_are_skipped_with_the_reason(tmp_path, small_bomb_limit):
+  root = write_images(tmp_path / "d", {"a.png": (40, 40), "b.png": (50, 50), "c.png": (70, 70)})
+  with no_bomb_warning():
+    slices = image_folder.load(dataset_config(root, tmp_path, on_bad_file="skip"), 0)
+  assert list(slices.patient_ids) == ["p0"]
+  problems = {s.path.split("/")[-1]: s.problem for s in slices.skipped}
+  assert set(problems) == {"b.png", "c.png"}
+  assert all("possible decompression bomb" in p for p in problems.values())
