@@ -1,8 +1,14 @@
 """Writing a run's files so that a crash leaves the old file or the new one, never a torn one,
 and checking before any training that the run folder can be written at all."""
+import errno
 import os
 import pathlib
 import tempfile
+
+# How a full disk or quota surfaces: OSError from Python's own writes, and orbax's
+# tensorstore errors (a ValueError "RESOURCE_EXHAUSTED: ... No space left on device").
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 class OutputError(OSError):
@@ -37,3 +43,22 @@ def check_writable_folder(folder) -> None:
   except OSError as error:
     raise OutputError(f"{folder}: cannot write the run folder here ({error.strerror or error}); "
                       "choose another --config.results_dir") from None
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or any exception it was raised from or during, is a full disk/quota."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+      return True
+    if any(text in str(error) for text in _DISK_FULL_TEXT):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_message(run_dir) -> str:
+  return (f"{run_dir}: the disk is full (no space left on device) while writing the run; "
+          "nothing already recorded is lost: free space and rerun the same command to resume "
+          "from the last checkpoint")

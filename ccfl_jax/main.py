@@ -22,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "ccfl_jax/configuration.py default_config).", lock_config=True)
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error instead of one line.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Log with absl's long prefix (time, file, line), "
-                             "and JAX's and orbax's warnings.")
+                             "and JAX's and orbax's warnings and errors.")
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -77,7 +77,9 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config=configs/<experiment>.py is required")
-  logging.set_verbosity(logging.WARNING)  # orbax and JAX log every step at INFO
+  # orbax and JAX log every step at INFO, and orbax logs at ERROR, with its traceback, a
+  # failure it then raises (a full disk: ~90 lines) that train reports in one line.
+  logging.set_verbosity(logging.WARNING if _VERBOSE.value else logging.FATAL)
   _configure_logging(_VERBOSE.value)
   run_dir = pathlib.Path(config.results_dir) / config.run_name
   python_logging.getLogger("ccfl_jax").info("%s", started_line(config, run_dir))
@@ -105,6 +107,11 @@ def train(config, run_dir) -> None:
     if _DEBUG.value:
       raise
     print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as error:  # a full disk surfaces from orbax, the ledger or a plot
+    if _DEBUG.value or not files.is_disk_full(error):
+      raise
+    print(f"error: {files.disk_full_message(run_dir)}", file=sys.stderr)
     sys.exit(2)
 
 
