@@ -86,8 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
   # The run's audit ledger (ccfl_jax/ledger) and the MAE-vote consensus it records (eqs. 14-15).
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True         # False: no ledger, no vote, every sampled update aggregated
-  c.ledger.key_source = "derived"  # derived (from the seed: reproducible, proves nothing) |
-  # random (private keys in the keystore, only public keys published) | pem
+  c.ledger.key_source = "random"  # random (fresh keys; private keys in the keystore, only
+  # public keys published) | derived (from the seed: reproducible, proves nothing) | pem
   c.ledger.keystore = ""          # keystore folder; "" = $CCFL_KEYSTORE or the user's data dir
   c.ledger.difficulty = 8         # proof-of-work bits per block
   c.ledger.num_verifiers = 3      # hospitals whose validation batches judge each update

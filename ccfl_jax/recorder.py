@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from ccfl_jax import checkpointing, files, reporting, tree_util
-from ccfl_jax.ledger import run_ledger, store as ledger_store
+from ccfl_jax.ledger import consensus, run_ledger, store as ledger_store
 from ccfl_jax.ledger.consensus import ConsensusRule
 from ccfl_jax.ledger.digests import update_digest
 
@@ -89,12 +89,25 @@ def _as_list(values):
   return None if values is None else np.asarray(values).tolist()
 
 
-def vote_record(sampled: np.ndarray, out) -> dict:
-  """Per-round metrics of the vote and of the attack (malicious = the attack's hospitals)."""
+def finite_updates(out) -> np.ndarray:
+  """Boolean [m]: the submitted update holds no NaN/Inf (privacy.global_norm is then finite)."""
+  return np.isfinite(np.asarray(out.update_norm))
+
+
+def verdict_reasons(out, rule: ConsensusRule | None) -> list[str]:
+  """Each sampled hospital's verdict (consensus.REASONS), as its ledger votes record it."""
+  return consensus.rejection_reasons(out.vote_scores, out.update_norm, out.cosines,
+                                     finite_updates(out), rule, out.accepted)
+
+
+def vote_record(sampled: np.ndarray, out, rule: ConsensusRule | None = None) -> dict:
+  """Per-round metrics of the vote and of the attack (malicious = the attack's hospitals);
+  `reasons` lists each sampled hospital's verdict, in `sampled` order."""
   accepted = np.asarray(out.accepted, bool)
   malicious = np.asarray(out.malicious, bool)
   return dict(
       accepted=sampled[accepted].tolist(), rejected=sampled[~accepted].tolist(),
+      reasons=verdict_reasons(out, rule),
       malicious_accepted=int(np.sum(malicious & accepted)),
       malicious_rejected=int(np.sum(malicious & ~accepted)),
       honest_rejected=int(np.sum(~malicious & ~accepted)),
@@ -105,12 +118,12 @@ def vote_record(sampled: np.ndarray, out) -> dict:
 def round_evidence(sampled: np.ndarray, out, publish_norms: bool) -> run_ledger.RoundEvidence:
   """The ledger's view of a round's output (host arrays). A hospital's pre-clipping norm is
   published only where the magnitude check needs it: like the MAEs, it is not covered by
-  the DP guarantee (ledger/consensus.py)."""
+  the DP guarantee (ledger/consensus.py); whether its update is finite always is."""
   return run_ledger.RoundEvidence(
       tuple(int(h) for h in sampled), tuple(update_digest(u) for u in tree_util.unstack(out.updates)),
       np.asarray(out.self_mae), np.asarray(out.mae), np.asarray(out.vote_scores),
       np.asarray(out.accepted), np.asarray(out.update_norm) if publish_norms else None,
-      None if out.cosines is None else np.asarray(out.cosines))
+      None if out.cosines is None else np.asarray(out.cosines), finite_updates(out))
 
 
 def _read_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:

@@ -36,6 +36,9 @@ VOTE_STATES = {NOT_SAMPLED: ("not sampled", "#e6e6e6"), ACCEPTED: ("accepted", "
 
 # Per-round lists of hospital ids; metrics.csv carries each as a count and as the ids.
 HOSPITAL_LISTS = ("sampled", "accepted", "rejected")
+# Why an update was rejected (a metrics line's `reasons`, ledger/consensus.REJECTIONS order).
+REJECTION_TEXT = {"non_finite_update": "non-finite", "vote_score": "by the eq. 15 vote score",
+                  "direction": "by the direction check", "norm": "by the magnitude check"}
 
 LOG = logging.getLogger("ccfl_jax")
 
@@ -105,8 +108,14 @@ def round_line(record: dict, num_rounds: int, round_times) -> str:
           f"  sens {_log_number(record['sensitivity'])}"
           f"  spec {_log_number(record['specificity'])}"
           f"  eps {epsilon} (delta {record['delta']:.0e})"
-          f"  accepted {len(record['accepted'])}/{len(record['sampled'])}"
+          f"  accepted {len(record['accepted'])}/{len(record['sampled'])}{_non_finite_note(record)}"
           f"  {record['round_seconds']:.2f} s{compiled}  {eta_text}")
+
+
+def _non_finite_note(record: dict) -> str:
+  hospitals = [h for h, r in zip(record["sampled"], record.get("reasons") or [])
+               if r == "non_finite_update"]
+  return f" (non-finite: {' '.join(map(str, hospitals))})" if hospitals else ""
 
 
 def log_round(record: dict, num_rounds: int, round_times: list[float]) -> None:
@@ -129,6 +138,15 @@ def vote_totals(records: list[dict]) -> dict:
       malicious_rejected=sum(r["malicious_rejected"] for r in records),
       honest_updates=updates - malicious,
       honest_rejected=sum(r["honest_rejected"] for r in records))
+  reasons = [(r["round"], h, why) for r in records
+             for h, why in zip(r["sampled"], r.get("reasons") or []) if why in REJECTION_TEXT]
+  totals["rejected_by_reason"] = {why: n for why in REJECTION_TEXT
+                                  if (n := sum(1 for _, _, w in reasons if w == why))}
+  non_finite = {}
+  for round_, h, why in reasons:
+    if why == "non_finite_update":
+      non_finite.setdefault(str(h), []).append(round_)
+  totals["non_finite_updates"] = non_finite  # {hospital: [rounds]}
   totals["malicious_rejected_rate"] = (totals["malicious_rejected"] / malicious
                                        if malicious else None)
   totals["honest_rejected_rate"] = (totals["honest_rejected"] / totals["honest_updates"]
@@ -142,9 +160,9 @@ ACCOUNTANTS = {
 
 
 def summarize(config, records: list[dict], data_counts: list[dict], skipped, seconds: float,
-              environment: dict, accountant: str = "rdp") -> dict:
+              environment: dict, accountant: str = "rdp", data_warnings=()) -> dict:
   """summary.json: `environment` from environment.describe, `accountant` the name that
-  privacy.epsilon_report gave for the final ε."""
+  privacy.epsilon_report gave for the final ε, `data_warnings` the data checks' warnings."""
   final = records[-1] if records else {}
   return dict(
       run_name=config.run_name, rounds=len(records),
@@ -163,6 +181,7 @@ def summarize(config, records: list[dict], data_counts: list[dict], skipped, sec
       attack=config.attack.to_dict(), votes=vote_totals(records),
       data=data_counts, seconds_this_process=seconds,
       skipped_files=[dict(path=str(f.path), problem=f.problem) for f in skipped],
+      data_warnings=list(data_warnings),
       mean_round_seconds=(sum(r["round_seconds"] for r in records[1:]) / (len(records) - 1)
                           if len(records) > 1 else None),
       devices=environment["devices"], environment=environment,
@@ -251,6 +270,8 @@ def summary_markdown(summary: dict) -> str:
   skipped = summary["skipped_files"]
   lines += ["", f"Files skipped by the loader (on_bad_file='skip'): {len(skipped)}"]
   lines += [f"- `{f['path']}`: {f['problem']}" for f in skipped]
+  if summary.get("data_warnings"):
+    lines += ["", "Data warnings:"] + [f"- {w}" for w in summary["data_warnings"]]
   lines += ["", f"Wall time of this process: {summary['seconds_this_process']:.0f} s.", ""]
   lines += _environment_markdown(summary.get("environment"))
   lines += ["## Config", "", "```json", json.dumps(summary["config"], indent=2,
@@ -279,8 +300,17 @@ def _votes_markdown(summary: dict) -> str:
     lines.append("")
   else:
     lines = ["No ledger and no vote: every sampled update aggregated.", ""]
+  by_reason = v.get("rejected_by_reason") or {}
+  why = (" (" + ", ".join(f"{n} {REJECTION_TEXT[r]}" for r, n in by_reason.items()) + ")"
+         if by_reason else "")
   lines.append(f"Updates: {v['updates']} submitted, {v['accepted']} accepted, "
-               f"{v['rejected']} rejected.")
+               f"{v['rejected']} rejected{why}.")
+  non_finite = v.get("non_finite_updates") or {}
+  if non_finite:
+    lines.append("Non-finite (NaN/Inf) updates, never aggregated (local training diverged "
+                 "or the data hold NaN/Inf): " + "; ".join(
+                     f"hospital {h} in round{'s' if len(rounds) > 1 else ''} "
+                     f"{', '.join(map(str, rounds))}" for h, rounds in non_finite.items()) + ".")
   if a["kind"] != "none" and a["num_malicious"]:
     lines.append(f"Attack `{a['kind']}` by {a['num_malicious']} hospital(s) (ids 0-"
                  f"{a['num_malicious'] - 1}): {v['malicious_rejected']}/{v['malicious_updates']} "

@@ -26,7 +26,34 @@ LOG = logging.getLogger("ccfl_jax")
 
 
 class NoUpdateAccepted(RuntimeError):
-  """A round in which every sampled hospital's update was rejected (or non-finite)."""
+  """A round in which every sampled hospital's update was rejected (or non-finite): the run
+  stops before recording it, its last checkpoint and ledger intact (main: one line, exit 2)."""
+
+
+def no_update_accepted(round_index: int, sampled, reasons, last_step: int | None
+                       ) -> NoUpdateAccepted:
+  """The error for a round with no accepted update: names the round, the hospitals and why.
+
+  The vote always keeps the best finite score (ledger/consensus.py), so this happens when
+  no update could be scored: every one non-finite (NaN/Inf) or every local model's
+  predictions undefined. The engine leaves the global model as it was; nothing of the round
+  is written.
+  """
+  hospitals = [int(h) for h in sampled]
+  kept = (f"its last checkpoint (checkpoints/{last_step}, after round {last_step}) and its "
+          "ledger are intact" if last_step is not None
+          else "no checkpoint was written yet and its ledger is intact")
+  if all(r == "non_finite_update" for r in reasons):
+    return NoUpdateAccepted(
+        f"round {round_index + 1}: the update of every sampled hospital {hospitals} is "
+        f"non-finite (NaN/Inf): local training diverged or those hospitals' data hold NaN/Inf; "
+        f"the run stops, {kept}; lower local_optimizer.learning_rate (or fix the data) and "
+        f"rerun with --config.resume_force=true to continue from there, or under a new "
+        f"--config.run_name")
+  verdicts = ", ".join(f"{h} {r}" for h, r in zip(hospitals, reasons))
+  return NoUpdateAccepted(
+      f"round {round_index + 1}: no update of hospitals {hospitals} was accepted ({verdicts}); "
+      f"the run stops, {kept}")
 
 
 class PreparedData(NamedTuple):
@@ -35,7 +62,7 @@ class PreparedData(NamedTuple):
   counts: list[dict]             # patients, slices, positives per hospital and test set
   registrations: list            # ledger data registrations, one per hospital
   skipped: tuple                 # files the loader skipped (on_bad_file='skip'), with why
-  warnings: list                 # data.quality's warnings (what it refuses raises instead)
+  warnings: list                 # the loader's and data.quality's warnings (what they refuse raises)
 
 
 def prepare_data(config) -> PreparedData:
@@ -49,7 +76,8 @@ def prepare_data(config) -> PreparedData:
                              test_fraction=p.test_fraction, alpha=p.alpha,
                              use_official_split=p.use_official_split)
   counts = partition.describe(slices, part)
-  warnings = quality.check(counts, config.batch_size, config.dataset.path or config.dataset.name)
+  warnings = list(real_slices.loader_warnings(slices)) + quality.check(
+      counts, config.batch_size, config.dataset.path or config.dataset.name)
   return PreparedData(hospitals.stack_hospitals(slices, part.hospitals), slices.take(part.test),
                       counts, recorder.data_registrations(slices, part.hospitals), skipped,
                       warnings)
@@ -68,12 +96,16 @@ def data_line(counts: list[dict]) -> str:
 
 def round_metrics(round_index: int, sampled: np.ndarray, out, evaluation, labels, epsilon: float,
                   config, seconds: float) -> dict:
-  """One metrics.jsonl line: the vote, local loss, clipping, test metrics, privacy, time."""
+  """One metrics.jsonl line: the vote (with each hospital's verdict reason), local loss (the
+  mean over the hospitals whose update is finite), clipping, test metrics, privacy, time."""
   test_loss, prob_covid = evaluation
   p = config.privacy
+  finite = recorder.finite_updates(out)
   return dict(
-      round=round_index + 1, sampled=sampled.tolist(), **recorder.vote_record(sampled, out),
-      local_loss=float(np.mean(out.local_loss)),
+      round=round_index + 1, sampled=sampled.tolist(),
+      **recorder.vote_record(sampled, out, builders.consensus_rule(config)),
+      local_loss=(float(np.mean(np.asarray(out.local_loss)[finite])) if finite.any()
+                  else float("nan")),
       clipped_fraction=float(np.mean(np.asarray(out.update_norm) > p.clip_norm)),
       test_loss=test_loss, **metrics.classification_metrics(labels, prob_covid),
       epsilon=epsilon, delta=p.delta, noise_multiplier=p.noise_multiplier,
@@ -113,11 +145,15 @@ def train_and_evaluate(config, run_dir) -> dict:
                            None if roles is None else np.asarray(roles.verifiers))
     jax.block_until_ready(state)
     round_times.append(time.time() - tic)
+    finite = recorder.finite_updates(out)
     if not np.any(out.accepted):
-      raise NoUpdateAccepted(
-          f"round {round_index + 1}: no update of hospitals {sampled.tolist()} was accepted "
-          f"(update norms {np.asarray(out.update_norm).tolist()}; non-finite updates are "
-          f"rejected); the run stops at its last checkpoint, with its ledger intact")
+      raise no_update_accepted(
+          round_index, sampled,
+          recorder.verdict_reasons(jax.device_get(out), builders.consensus_rule(config)),
+          run.manager.latest_step())
+    if not finite.all():
+      LOG.warning("round %d: the update of hospital(s) %s is non-finite (NaN/Inf), rejected; "
+                  "training continues without it", round_index + 1, sampled[~finite].tolist())
     # The accountant charges the m_t sampled, not the number accepted (privacy.py).
     history = history.after(len(sampled), p.noise_multiplier)  # each round at its own σ_t
     epsilon = privacy.epsilon(config.num_hospitals, history.sampled, history.noise_multipliers,
@@ -130,7 +166,7 @@ def train_and_evaluate(config, run_dir) -> dict:
                                       history.noise_multipliers, p.delta)["accountant"]
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
                                 time.time() - started, environment.describe(jax.devices()),
-                                accountant)
+                                accountant, data.warnings)
   reporting.write_outputs(pathlib.Path(run_dir), summary, run.records,
                           metrics_csv=config.metrics_csv, tensorboard=config.tensorboard)
   run.close(("summary.json", "summary.md", "curves.png", "votes.png"))

@@ -101,6 +101,23 @@ def test_round_line_leaves_out_the_compiling_round():
   assert "eps inf (no noise)" in reporting.round_line(make_record(2, epsilon=math.inf), 3, [1, 1])
 
 
+def test_rejections_are_counted_by_reason_and_non_finite_ones_named():
+  records = [make_record(1, sampled=(0, 1, 3), rejected=(3,),
+                         reasons=["accepted", "accepted", "non_finite_update"]),
+             make_record(2, sampled=(3, 2, 1), rejected=(3, 1),
+                         reasons=["non_finite_update", "accepted", "vote_score"]),
+             make_record(3)]  # a line written before reasons were recorded
+  totals = reporting.vote_totals(records)
+  assert totals["rejected_by_reason"] == {"non_finite_update": 2, "vote_score": 1}
+  assert totals["non_finite_updates"] == {"3": [1, 2]}
+  text = reporting.summary_markdown(make_summary(records))
+  assert "Updates: 9 submitted, 6 accepted, 3 rejected (2 non-finite, 1 by the eq. 15 vote " \
+         "score)." in text
+  assert "data hold NaN/Inf): hospital 3 in rounds 1, 2." in text
+  assert "accepted 1/3 (non-finite: 3)  " in reporting.round_line(records[1], 3, [80.0, 4.0])
+  assert "non-finite" not in reporting.round_line(records[2], 3, [80.0, 4.0])
+
+
 def test_log_round_logs_the_line(caplog):
   with caplog.at_level(logging.INFO, logger="ccfl_jax"):
     reporting.log_round(make_record(1), 2, [80.0])

@@ -70,6 +70,24 @@ def test_resume_after_stop_and_crash_matches_uninterrupted(tmp_path):
   assert all(sorted(r["accepted"] + r["rejected"]) == r["sampled"] for r in records)
 
 
+def test_fresh_random_keys_train_exactly_as_derived_keys(tmp_path):
+  """The verifier panel follows the hospitals' seats, not their keys (identity.py): two runs
+  of one seed with fresh random keys and one with derived keys train bit-identically."""
+  def run(name, key_source):
+    config = tiny_config(num_rounds=2, num_hospitals=4)
+    config.ledger.num_verifiers = 2  # a panel smaller than H, so which hospitals judge matters
+    config.ledger.key_source = key_source
+    training.train_and_evaluate(config, tmp_path / name)
+    return _metrics(tmp_path / name), inference.load_run(tmp_path / name)[1]
+  runs = [run("random_a", "random"), run("random_b", "random"), run("derived", "derived")]
+  for metrics, params in runs[1:]:
+    assert metrics == runs[0][0]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(runs[0][1])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  keys = [tuple(audit.public_keys(tmp_path / name)) for name in ("random_a", "random_b", "derived")]
+  assert len(set(keys)) == 3
+
+
 def _flip_one_byte(path):
   data = bytearray(path.read_bytes())
   data[len(data) // 2] ^= 0x01
@@ -172,8 +190,10 @@ def test_skipped_files_are_counted_in_the_summary(tmp_path):
   config.ledger.enabled = False
   summary = training.train_and_evaluate(config, tmp_path / "run")
   assert [f["path"].endswith("broken.png") for f in summary["skipped_files"]] == [True]
-  assert "Files skipped by the loader (on_bad_file='skip'): 1" in (
-      tmp_path / "run" / "summary.md").read_text()
+  markdown = (tmp_path / "run" / "summary.md").read_text()
+  assert "Files skipped by the loader (on_bad_file='skip'): 1" in markdown
+  tiny = summary["data_warnings"][0]  # the loader's checks reach the summary: 20x24 images
+  assert tiny.startswith("12 image(s) smaller than 32 pixels on a side (first: ") and tiny in markdown
 
 
 def test_resume_with_another_config_is_refused_untouched_or_forced_and_charged_per_round(

@@ -206,7 +206,7 @@ def _check_head(records, ledger, head, missing) -> list[str]:
 def _derived_notice(run_dir, ledger) -> str:
   """The first line when anyone can recompute the run's keys from its seed."""
   if ledger.state.key_mode == "derived":
-    how = "ledger.keys=derived"
+    how = "ledger.key_source=derived"
   elif _keys_from_config_seed(run_dir, ledger):
     how = "they are the ones the seed in config.json derives"
   else:
@@ -513,7 +513,11 @@ def _contents(b, name) -> str:
     return ", ".join(f"{k} x{kinds.count(k)}" for k in dict.fromkeys(kinds))
   start, final = b.transactions[0].body, b.transactions[-1].body
   accepted = set(final["accepted"])
-  sampled = " ".join(name(h) + ("" if h in accepted else "(rejected)") for h in start["sampled"])
+  votes = next((t.body["votes"] for t in b.transactions if t.kind == "vote"), [])
+  reasons = {v["hospital"]: v.get("reason") for v in votes}
+  sampled = " ".join(name(h) + ("" if h in accepted else
+                                f"(rejected: {reasons[h]})" if reasons.get(h) else "(rejected)")
+                     for h in start["sampled"])
   epsilon = "inf" if final["epsilon"] is None else f"{final['epsilon']:.3g}"
   checkpoint = final["checkpoint"]["path"] if final["checkpoint"] else "-"
   return (f"sampled {sampled}; accepted {len(accepted)}/{final['num_sampled']}; "

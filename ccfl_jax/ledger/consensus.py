@@ -23,8 +23,9 @@ gamma = 0 ignores self-reports altogether (the robust choice against a lying aut
 A score above a threshold is rejected: `median_mad` rejects score > median + k * MAD
 (MAD = median |score - median|, floored at `mad_floor` so that near-identical scores are
 not rejected for rounding noise); `absolute` rejects score > threshold. Non-finite scores
-(a diverged model) are always rejected. At least one update is always kept (the lowest
-score), so a round never aggregates nothing.
+(a diverged model) are always rejected. At least one update with a finite score is always
+kept (the lowest score), so a round aggregates nothing only when no score is finite (every
+local model diverged): the training loop then stops with an error.
 
 Privacy consequence (eq. 11): the aggregate then sums only the m' accepted clipped
 updates, adds noise of std sigma * S to that sum and averages over m'; the per-coordinate
@@ -59,6 +60,14 @@ An update is accepted when its eq. 15 score passes the rule AND it passes the en
 Both checks are, like the scores, un-noised functions of the updates published on the
 ledger; the privacy caveat above covers them too.
 
+Why a hospital was rejected (`rejection_reasons`, one of REASONS per hospital, recorded in
+every vote and rechecked by verify): `non_finite_update` when its submitted update holds a
+NaN or Inf (its local training diverged or its data hold NaN/Inf: the round never scores,
+measures or sums such an update), else the first check it fails in the order `vote_score`
+(eq. 15), `direction`, `norm`. A rejection that no check explains on the host (the jitted
+vote decided a float32 borderline the other way) is put down to the check whose value lies
+nearest its limit.
+
 All functions use jax.numpy only, with no Python control flow on values, so they trace
 inside the compiled round and also run eagerly on numpy arrays (verify recomputes them).
 """
@@ -66,8 +75,14 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 RULES = ("median_mad", "absolute")
+ACCEPTED = "accepted"
+# A hospital's verdict: accepted, or why it was rejected, in the order rejection_reasons
+# picks the reason when several apply.
+REJECTIONS = ("non_finite_update", "vote_score", "direction", "norm")
+REASONS = (ACCEPTED,) + REJECTIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +122,7 @@ def accept_mask(scores, rule: str = "median_mad", k: float = 3.0,
   `rule` is static (a Python string); everything that depends on the scores is traced.
   passes_checks: boolean [num_sampled] from `update_checks`, or None (no checks). When
   nothing is accepted, the lowest score among the updates that pass the checks is kept (or
-  the lowest overall if none passes them).
+  the lowest overall if none passes them); with no finite score, nothing is.
   """
   scores = jnp.asarray(scores, jnp.float32)
   finite = jnp.isfinite(scores)
@@ -116,7 +131,7 @@ def accept_mask(scores, rule: str = "median_mad", k: float = 3.0,
                                                       mad_floor))
   fallback = jnp.where(jnp.any(checked), checked, finite)
   best = jnp.argmin(jnp.where(fallback, scores, jnp.inf))
-  keep_best = jnp.arange(scores.shape[0]) == best
+  keep_best = (jnp.arange(scores.shape[0]) == best) & jnp.any(finite)  # never a diverged one
   return accepted | (~jnp.any(accepted) & keep_best)
 
 
@@ -185,3 +200,49 @@ def rejection_threshold(scores, rule: str = "median_mad", k: float = 3.0,
   median = jnp.nanmedian(finite_or_nan)
   mad = jnp.nanmedian(jnp.abs(finite_or_nan - median))
   return median + k * jnp.maximum(mad, mad_floor)
+
+
+def rejection_reasons(scores, norms, cosines, finite, rule: ConsensusRule | None,
+                      accepted) -> list[str]:
+  """Each hospital's verdict, one of REASONS (module docstring): host side, numpy in, strings out.
+
+  scores, norms, cosines: what `decide` read (norms, cosines may be None, or NaN where not
+  measured, when their check is off); finite: boolean [n], False where the submitted update
+  holds a NaN or Inf; accepted: the round's decision. Entries of a non-finite update are
+  ignored, as the round ignores them. rule None (a round without a vote, every finite update
+  accepted): `non_finite_update` is the only reason.
+  """
+  accepted = np.asarray(accepted, bool)
+  finite = np.asarray(finite, bool)
+  n = accepted.shape[0]
+  if rule is None:
+    return [ACCEPTED if keep else REJECTIONS[0] if not ok else "vote_score"
+            for keep, ok in zip(accepted, finite)]
+
+  def masked(values):
+    values = np.full(n, np.nan) if values is None else np.asarray(values, np.float64)
+    return np.where(finite, values, np.nan).astype(np.float32)
+
+  scores, norms, cosines = masked(scores), masked(norms), masked(cosines)
+  threshold = float(rejection_threshold(scores, rule.rule, rule.k, rule.absolute_threshold,
+                                        rule.mad_floor))
+  max_norm, min_cosine = (float(t) for t in check_thresholds(norms, cosines, rule))
+
+  def margin(excess, limit):  # > 0: the check fails; NaN (not finite) fails outright
+    return np.where(np.isfinite(excess), excess / (1 + abs(limit)), np.inf)
+
+  margins = {"vote_score": margin(scores.astype(np.float64) - threshold, threshold)}
+  if rule.direction_k > 0:
+    margins["direction"] = margin(min_cosine - cosines.astype(np.float64), min_cosine)
+  if rule.max_norm_ratio > 0:
+    margins["norm"] = margin(norms.astype(np.float64) - max_norm, max_norm)
+  reasons = []
+  for i in range(n):
+    if accepted[i]:
+      reasons.append(ACCEPTED)
+    elif not finite[i]:
+      reasons.append(REJECTIONS[0])
+    else:
+      failing = [name for name, m in margins.items() if m[i] > 0]
+      reasons.append(failing[0] if failing else max(margins, key=lambda name: margins[name][i]))
+  return reasons

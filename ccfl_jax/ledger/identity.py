@@ -12,10 +12,14 @@ written to and loaded from PEM, which is how a real deployment would supply them
 hospital holding its own). `hospital_identity(seed, hospital)` derives a key from the run's
 seed: reproducible, and therefore worthless as a proof, since the seed is in config.json
 (and can be searched from the published public keys); runs use it only on request
-(`ledger.keys = "derived"`), and verify then says so in its first line.
-Each round's leader and verifiers are the hospitals nearest, by eq. 10, to
-sha256("ccfl-round:<round>"): deterministic from (round, ids), so every participant agrees
-on them without a message.
+(`ledger.key_source = "derived"`), and verify then says so in its first line.
+Each round's leader and verifiers are the hospitals whose *seats* are nearest, by eq. 10's
+XOR distance, to sha256("ccfl-round:<round>"). Seat i is sha256("ccfl-seat:<i>") for the
+i-th hospital registered on the ledger. Every participant agrees on the roles without a
+message (they follow from the round and the registration order), and they do not depend
+on the keys: a run's training (whose validation batches judge each update is part of it)
+is the same for fresh random keys as for derived ones, and a hospital cannot grind key
+pairs until its node id lands next to the round targets and it leads or judges at will.
 """
 import dataclasses
 import functools
@@ -127,13 +131,22 @@ def round_target(round_index: int) -> str:
   return hashlib.sha256(f"ccfl-round:{round_index}".encode()).hexdigest()
 
 
+def seat_id(seat: int) -> str:
+  """The eq. 10 position of the seat-th registered hospital (0-based)."""
+  return hashlib.sha256(f"ccfl-seat:{seat}".encode()).hexdigest()
+
+
 def round_leader_and_verifiers(round_index: int, ids, num_verifiers: int
                                ) -> tuple[str, tuple[str, ...]]:
-  """The round's leader and verifier panel: the num_verifiers ids nearest sha256(round).
+  """The round's leader and verifier panel: the hospitals of the num_verifiers seats nearest
+  sha256(round). `ids` are the node ids in registration order (seat i holds ids[i]).
 
   The leader is the nearest of them and also sits on the panel.
   """
+  ids = list(ids)
   if not ids:
     raise ValueError("no registered hospitals")
-  panel = k_nearest(round_target(round_index), ids, max(1, num_verifiers))
+  by_seat = {seat_id(seat): node for seat, node in enumerate(ids)}
+  seats = k_nearest(round_target(round_index), list(by_seat), max(1, num_verifiers))
+  panel = tuple(by_seat[s] for s in seats)
   return panel[0], panel

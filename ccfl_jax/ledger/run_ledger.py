@@ -4,7 +4,7 @@ Fresh run or resume, the same call:
 
     run = open_run_ledger(run_dir, seed, num_hospitals, difficulty=8, num_verifiers=3,
                           consensus=ConsensusRule(gamma=0.5, rule="median_mad", k=3.0),
-                          keys="random", keystore=None,   # config ledger.keys / .keystore
+                          keys="random", keystore=None,   # config ledger.key_source / .keystore
                           config_sha256=text_sha256(config_json_text))
     run = register_data(run, [DataRegistration(h, "ct_slices", patients, slices, manifest_sha)
                               for h ...])                   # idempotent; before round 0
@@ -24,7 +24,8 @@ loop's orbax step after round r is r + 1):
                        RoundEvidence(sampled, update_digests=[update_digest(d) for d in the
                                      clipped per-hospital deltas], local_maes=self_mae,
                                      mae_matrix=mae, vote_scores=scores, accepted=keep,
-                                     update_norms=norms, cosines=cosines),
+                                     update_norms=norms, cosines=cosines,
+                                     finite=np.isfinite(all submitted norms)),
                        GlobalModelRecord(eps, delta, sigma, S,
                                          checkpoint_dir=run_dir / "checkpoints" / str(r + 1)
                                          or None, params_digest=update_digest(global_params),
@@ -37,8 +38,8 @@ end, once summary.json, summary.md and curves.png are written:
                           "config.json": run_dir / "config.json",
                           "checkpoints/40": run_dir / "checkpoints" / "40"})
 
-One block per round, [round_start, local_update x m_t, vote x verifiers, global_model],
-validated (validate.append) before it is written: a record that breaks a rule is never
+One block per round, [round_start, local_update x m_t, vote x verifiers, global_model]
+(each vote also gives every hospital's verdict reason, consensus.rejection_reasons), validated (validate.append) before it is written: a record that breaks a rule is never
 persisted, and a mismatch between the consensus the round ran and `run.consensus` shows up
 here as a LedgerRefusal. Setup blocks hold the registrations (round -1).
 
@@ -80,7 +81,7 @@ from ccfl_jax.ledger import store
 from ccfl_jax.ledger import transactions as tx_lib
 from ccfl_jax.ledger import validate
 from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
-from ccfl_jax.ledger.consensus import ConsensusRule
+from ccfl_jax.ledger.consensus import ConsensusRule, rejection_reasons
 from ccfl_jax.ledger.digests import (UnsafePath, checkpoint_digest, confined_checkpoint,
                                      file_sha256, update_digest)  # noqa: F401  (API)
 
@@ -186,7 +187,7 @@ def _open_fresh(run_dir, seed, num_hospitals, difficulty, num_verifiers, consens
 
 def _pem_folder(keystore) -> pathlib.Path:
   if keystore in (None, ""):
-    raise keystore_lib.KeystoreError("ledger.keys=pem needs ledger.keystore: the folder of "
+    raise keystore_lib.KeystoreError("ledger.key_source=pem needs ledger.keystore: the folder of "
                                      "hospital_<h>.pem files")
   return pathlib.Path(keystore).expanduser()
 
@@ -205,7 +206,7 @@ def _resumed_keys(ledger, run_dir, seed, num_hospitals, keys, keystore):
     raise ValueError(f"{where} registers {len(registered)} hospitals, not {num_hospitals}: "
                      "a different run?")
   if state.key_mode != keys:
-    raise ValueError(f"{where} was made with ledger.keys={state.key_mode}, not {keys}: a run "
+    raise ValueError(f"{where} was made with ledger.key_source={state.key_mode}, not {keys}: a run "
                      "keeps the keys it started with")
   if keys == "derived":
     hospitals = tuple(identity_lib.hospital_identity(seed, h) for h in range(num_hospitals))
@@ -278,7 +279,8 @@ class RoundEvidence:
   validation batch; mae_matrix: [len(sampled), num_verifiers], columns in the round's
   RoundRoles.verifiers order; vote_scores: eq. 15; accepted: consensus.decide; update_norms,
   cosines: what the rule's update checks read, or None where not measured (recorded in every
-  vote).
+  vote); finite: False where the submitted update holds a NaN or Inf (None: every update
+  finite). Each vote records the reasons consensus.rejection_reasons derives from these.
   """
   sampled: tuple[int, ...]
   update_digests: tuple[str, ...]
@@ -288,6 +290,7 @@ class RoundEvidence:
   accepted: np.ndarray
   update_norms: np.ndarray | None = None
   cosines: np.ndarray | None = None
+  finite: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +337,9 @@ def round_transactions(run: RunLedger, round_index: int, roles: RoundRoles,
   missing = np.full(len(sampled), np.nan)
   update_norms = missing if evidence.update_norms is None else np.asarray(evidence.update_norms)
   cosines = missing if evidence.cosines is None else np.asarray(evidence.cosines)
+  finite = (np.ones(len(sampled), bool) if evidence.finite is None
+            else np.asarray(evidence.finite, bool))
+  reasons = rejection_reasons(vote_scores, update_norms, cosines, finite, run.consensus, accepted)
   if mae_matrix.shape != (len(sampled), len(roles.verifiers)):
     raise ValueError(f"mae_matrix {mae_matrix.shape}, expected "
                      f"({len(sampled)}, {len(roles.verifiers)}) = (sampled, verifiers)")
@@ -346,7 +352,7 @@ def round_transactions(run: RunLedger, round_index: int, roles: RoundRoles,
                                              np.asarray(evidence.local_maes))]
   transactions += [tx_lib.vote(hospitals[v], round_index,
                                zip(sampled_ids, mae_matrix[:, column], vote_scores,
-                                   update_norms, cosines, accepted))
+                                   update_norms, cosines, finite, accepted, reasons))
                    for column, v in enumerate(roles.verifiers)]
   transactions.append(tx_lib.global_model(
       leader, round_index, _checkpoint_entry(run.run_dir, model.checkpoint_dir),

@@ -20,8 +20,11 @@ Kinds, and who signs them:
   local update from a hospital that was not sampled.
 - local_update (the sampled hospital): round, sha256 of its clipped update, its own
   validation MAE (eq. 14).
-- vote (a verifier): round and, per local update, the MAE the verifier measured on its
-  own batch (eq. 14), the combined score (eq. 15) and accept/reject.
+- vote (a verifier): round and, per local update (VOTE_FIELDS), the MAE the verifier
+  measured on its own batch (eq. 14), the combined score (eq. 15), the submitted norm and
+  the cosine with the median update (null unless the rule's checks read them), whether the
+  update is finite (no NaN/Inf), accept/reject and the verdict's reason
+  (consensus.REASONS: accepted, non_finite_update, vote_score, direction, norm).
 - global_model (the round's leader): round, sha256 of the orbax checkpoint (or null in a
   round without one) and of the global parameters, epsilon and delta spent so far, sigma,
   S, m_t, the accepted hospitals, and the sha256 of the round's metrics.jsonl line and of
@@ -48,6 +51,7 @@ FIELDS = {
                      "clip_norm", "num_sampled", "accepted", "metrics_sha256", "config_sha256"),
     "close_run": ("rounds", "files", "checkpoints"),
 }
+VOTE_FIELDS = ("hospital", "mae", "score", "norm", "cosine", "finite", "accept", "reason")
 KEY_MODES = ("random", "derived", "pem")
 
 
@@ -127,12 +131,14 @@ def local_update(hospital: identity_lib.Identity, round_index: int, update_sha25
 
 def vote(verifier: identity_lib.Identity, round_index: int, votes) -> Transaction:
   """votes: iterable of (hospital id, measured MAE, eq. 15 score, submitted update norm,
-  cosine with the median update, accept); norm and cosine may be NaN (not measured)."""
+  cosine with the median update, update finite, accept, reason); norm and cosine may be NaN
+  (not measured)."""
   return signed(verifier, "vote", {
       "round": int(round_index), "verifier": verifier.node_id,
       "votes": [{"hospital": h, "mae": finite_or_none(mae), "score": finite_or_none(score),
                  "norm": finite_or_none(norm), "cosine": finite_or_none(cosine),
-                 "accept": bool(accept)} for h, mae, score, norm, cosine, accept in votes]})
+                 "finite": bool(finite), "accept": bool(accept), "reason": str(reason)}
+                for h, mae, score, norm, cosine, finite, accept, reason in votes]})
 
 
 def global_model(leader: identity_lib.Identity, round_index: int, checkpoint: dict | None,

@@ -15,9 +15,12 @@ A `Ledger` is an immutable value: the blocks so far and the `ChainState` folded 
   global_model signed by the round's leader, leader and verifier panel as identity.py
   derives them from (round, registered ids); a local_update only from a hospital sampled
   that round, once, with the block's round (so a transaction replayed from another round is
-  refused); votes only from the panel, once each, covering every update; the accepted set
-  equal to the majority of the votes and to the consensus rule recomputed from the
-  recorded MAEs (eqs. 14-15); epsilon never decreasing; a checkpoint only at
+  refused); votes only from the panel, once each, covering every update, each entry with
+  exactly its fields; the accepted set equal to the majority of the votes and to the
+  consensus rule recomputed from the recorded MAEs (eqs. 14-15); each vote's verdict reasons
+  re-derived (consensus.rejection_reasons) from the recorded scores, norms, cosines,
+  finiteness and its accepts, and a non-finite update never scored (nor, where the rule
+  publishes norms, given a finite one); epsilon never decreasing; a checkpoint only at
   `checkpoints/<step>` (no absolute path, no `..`);
 - the closing block is one `close_run`, signed by the leader the next round would have,
   counting the rounds recorded; its checkpoints also only at `checkpoints/<step>`.
@@ -400,6 +403,16 @@ def _check_vote(current: _Round, body, t, refuse) -> _Round:
   voted = tuple(v["hospital"] for v in body["votes"])
   if voted != tuple(h for h, _ in current.updates):
     refuse("vote does not cover exactly the round's local updates, in order")
+  for entry in body["votes"]:
+    if set(entry) != set(tx_lib.VOTE_FIELDS):
+      refuse(f"vote entry fields {sorted(entry)}, expected {sorted(tx_lib.VOTE_FIELDS)}")
+    if not isinstance(entry["finite"], bool) or not isinstance(entry["accept"], bool):
+      refuse("a vote's finite and accept must be true or false")
+    if entry["reason"] not in consensus.REASONS:
+      refuse(f"verdict reason {entry['reason']!r}, expected one of {consensus.REASONS}")
+    if entry["accept"] != (entry["reason"] == consensus.ACCEPTED):
+      refuse(f"vote {'accepts' if entry['accept'] else 'rejects'} {entry['hospital'][:12]}... "
+             f"with reason {entry['reason']!r}")
   return dataclasses.replace(current, votes=current.votes + ((t.author, tuple(body["votes"])),))
 
 
@@ -451,15 +464,30 @@ def _check_consensus(current: _Round, accepted: set, refuse) -> None:
   scores, norms, cosines = (_recorded(first, f) for f in ("score", "norm", "cosine"))
   for _, entries in current.votes[1:]:
     for field, what in (("score", "eq. 15 scores"), ("norm", "update norms"),
-                        ("cosine", "update cosines")):
+                        ("cosine", "update cosines"), ("finite", "updates' finiteness")):
       if [e.get(field) for e in entries] != [e.get(field) for e in first]:
         refuse(f"verifiers disagree on the {what}")
-  expected = rule["gamma"] * self_mae + measured.mean(axis=1)
+  finite_update = np.array([e["finite"] for e in first], bool)
+  parsed = consensus.ConsensusRule(**rule)
+  for h, ok, score, norm in zip(hospitals, finite_update, scores, norms):
+    if not ok and not np.isnan(score):
+      refuse(f"non-finite update of {h[:12]}... has an eq. 15 score (the round never scores one)")
+    if parsed.max_norm_ratio > 0 and ok != bool(np.isfinite(norm)):
+      refuse(f"update of {h[:12]}... recorded {'finite' if ok else 'non-finite'} with norm "
+             f"{norm:.6g}")
+  # A non-finite update is never scored (engine._vote), whatever its MAEs.
+  expected = np.where(finite_update, rule["gamma"] * self_mae + measured.mean(axis=1), np.nan)
   finite = np.isfinite(expected)
   if (not np.array_equal(finite, np.isfinite(scores))
       or np.any(np.abs(expected[finite] - scores[finite]) > SCORE_TOLERANCE)):
     refuse("eq. 15 scores do not follow from the recorded MAEs and gamma")
-  parsed = consensus.ConsensusRule(**rule)
+  for verifier, entries in current.votes:
+    derived = consensus.rejection_reasons(scores, norms, cosines, finite_update, parsed,
+                                          [e["accept"] for e in entries])
+    for e, reason in zip(entries, derived):
+      if e["reason"] != reason:
+        refuse(f"verifier {verifier[:12]}... gives {e['hospital'][:12]}... the reason "
+               f"{e['reason']!r}; the recorded values give {reason!r}")
   threshold = float(consensus.rejection_threshold(scores, parsed.rule, parsed.k,
                                                   parsed.absolute_threshold, parsed.mad_floor))
   decided = np.asarray(consensus.decide(scores, norms, cosines, parsed))

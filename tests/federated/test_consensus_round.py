@@ -5,9 +5,11 @@ import numpy as np
 import optax
 import pytest
 
+from ccfl_jax import recorder
 from ccfl_jax.data import hospitals
 from ccfl_jax.federated import attacks, cross_evaluation, engine, mesh as mesh_lib, server
-from ccfl_jax.ledger import consensus
+from ccfl_jax.ledger import audit, consensus, run_ledger
+from ccfl_jax.ledger.digests import update_digest
 from ccfl_jax.models import get_model
 
 SIZE = 16
@@ -27,12 +29,11 @@ def hospital_data():
                                 np.array([8, 8, 6, 7, 8, 5], np.int32))
 
 
-def _settings(rule=consensus.ConsensusRule()):
+def _settings(rule=consensus.ConsensusRule(), attack=attacks.Attack("sign_flip", 1)):
   return engine.RoundSettings(
       get_model("mlp", hidden=(16,)), optax.sgd(0.1, momentum=0.9), optax.sgd(1.0),
       local_steps=3, batch_size=4, clip_norm=0.5, noise_multiplier=0.0, unroll_local_steps=True,
-      consensus=rule, validation_size=8, attack=attacks.Attack("sign_flip", 1),
-      return_updates=True)
+      consensus=rule, validation_size=8, attack=attack, return_updates=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,58 @@ def test_update_checks_inside_the_compiled_round(hospital_data):
       cosines, consensus.median_cosines(out.updates, np.ones(4, bool)), rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(
       consensus.decide(out.vote_scores, out.update_norm, out.cosines, rule), out.accepted)
+
+
+def _finite(params) -> bool:
+  return all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(params))
+
+
+def test_a_nan_update_is_rejected_on_the_ledger_and_the_rounds_go_on(hospital_data, tmp_path):
+  """A hospital whose slices hold NaN pixels submits a NaN update: the compiled round rejects
+  it with reason non_finite_update (ledger block and metrics line alike), the new global
+  params are those of the round without it, and the next round goes on; the ledger verifies."""
+  rule = consensus.ConsensusRule()
+  settings = _settings(rule, attacks.Attack())
+  run = run_ledger.open_run_ledger(tmp_path, seed=0, num_hospitals=6, num_verifiers=2,
+                                   consensus=rule, keys="derived")
+  roles = [run_ledger.round_roles(run, r) for r in range(2)]
+  sampled = np.arange(6)
+  # Not on either round's panel: a verifier's NaN batch would leave every model unscored.
+  broken = next(h for h in sampled if all(h not in r.verifiers for r in roles))
+  images = hospital_data.images.copy()
+  images[broken, :2] = np.nan
+  mesh = mesh_lib.hospital_mesh(2)
+  data = engine.put_hospital_data(hospital_data._replace(images=images), mesh, "compiled")
+  run_round = engine.compiled_round(settings, mesh, "vmap")
+  params = settings.model.module.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)))
+  state = server.init_state(params, settings.server_optimizer)
+  others = sampled[sampled != broken]
+  expected = [["accepted"] * 6 for _ in roles]
+  for r, round_roles in enumerate(roles):
+    key, verifiers = jax.random.key(10 + r), np.asarray(round_roles.verifiers)
+    new_state, out = jax.device_get(run_round(state, data, sampled, key, verifiers))
+    without, out_without = run_round(state, data, others, key, verifiers)
+    assert np.isnan(out.update_norm[broken])
+    assert np.isfinite(np.delete(out.update_norm, broken)).all()
+    assert not out.accepted[broken]
+    np.testing.assert_array_equal(np.delete(out.accepted, broken), out_without.accepted)
+    assert _finite(new_state) and not np.allclose(jax.tree.leaves(new_state.params)[0],
+                                                  jax.tree.leaves(state.params)[0])
+    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(without)):
+      np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+    expected[r] = ["non_finite_update" if h == broken else "accepted" if keep else "vote_score"
+                   for h, keep in zip(sampled, out.accepted)]  # eq. 15 alone: no update checks
+    assert recorder.verdict_reasons(out, rule) == expected[r]
+    assert recorder.vote_record(sampled, out, rule)["reasons"] == expected[r]
+    epsilon = audit.accountant_epsilon(6, [(6, 1.0)] * (r + 1), 1e-5)
+    run = run_ledger.record_round(
+        run, r, round_roles, recorder.round_evidence(sampled, out, publish_norms=False),
+        run_ledger.GlobalModelRecord(epsilon, 1e-5, 1.0, settings.clip_norm,
+                                     params_digest=update_digest(new_state.params)))
+    state = new_state
+  for r, block in enumerate(run.ledger.blocks[-2:]):
+    for vote in (t for t in block.transactions if t.kind == "vote"):
+      assert [v["reason"] for v in vote.body["votes"]] == expected[r]
+      assert [v["finite"] for v in vote.body["votes"]] == (sampled != broken).tolist()
+  report = audit.verify_run(tmp_path)
+  assert report.ok and report.rounds == 2, report.summary()

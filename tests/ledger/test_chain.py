@@ -133,10 +133,58 @@ def verifier_reports_other_norms(run):
   return txs, "verifiers disagree on the update norms"
 
 
+def with_one_rejected(run):
+  """Round 2's honest transactions with its first sampled hospital poisoned (so rejected by
+  eq. 15), and that hospital's position."""
+  sampled = simulate.synthetic_round(run, 2, PER_ROUND).sampled
+  records = simulate.round_records(
+      simulate.synthetic_round(run, 2, PER_ROUND, poisoned=(sampled[0],)), epsilon=1.5)
+  txs = run_ledger.round_transactions(run, 2, run_ledger.round_roles(run, 2), *records)
+  votes = [t for t in txs if t.kind == "vote"]
+  assert [v["reason"] for v in votes[0].body["votes"]] == ["vote_score", "accepted", "accepted"]
+  return txs
+
+
+def with_vote_entries(run, txs, change, verifiers=None):
+  """txs with `change(entry)` applied to entry 0 of each vote (or of the first `verifiers`),
+  every vote re-signed by its own verifier."""
+  votes = [i for i, t in enumerate(txs) if t.kind == "vote"][:verifiers]
+  for i in votes:
+    body = dict(txs[i].body, votes=[dict(v) for v in txs[i].body["votes"]])
+    change(body["votes"][0])
+    verifier = next(h for h in run.hospitals if h.node_id == txs[i].author)
+    txs[i] = tx_lib.signed(verifier, "vote", body)
+  return txs
+
+
+def rejection_reason_forged(run):
+  txs = with_vote_entries(run, with_one_rejected(run), lambda v: v.update(reason="direction"))
+  return txs, "the reason 'direction'; the recorded values give 'vote_score'"
+
+
+def rejected_as_non_finite_but_scored(run):
+  def claim_non_finite(v):
+    v.update(finite=False, reason="non_finite_update")
+  txs = with_vote_entries(run, with_one_rejected(run), claim_non_finite)
+  return txs, "has an eq. 15 score"
+
+
+def accepted_with_a_rejection_reason(run):
+  txs = with_vote_entries(run, round_two(run), lambda v: v.update(reason="vote_score"), 1)
+  return txs, "with reason 'vote_score'"
+
+
+def vote_entry_without_its_reason(run):
+  txs = with_vote_entries(run, round_two(run), lambda v: v.pop("reason"), 1)
+  return txs, "vote entry fields"
+
+
 FORGERIES = [with_wrong_key, from_unregistered, replayed_from_round_one,
              round_rewritten_under_old_signature, from_hospital_not_sampled, duplicated_update,
              epsilon_decreasing, consensus_overruled, scores_not_from_maes,
-             global_model_by_non_leader, verifier_reports_other_norms]
+             global_model_by_non_leader, verifier_reports_other_norms, rejection_reason_forged,
+             rejected_as_non_finite_but_scored, accepted_with_a_rejection_reason,
+             vote_entry_without_its_reason]
 
 
 def test_the_honest_next_round_is_accepted(run):

@@ -128,3 +128,42 @@ def test_direction_check_spares_an_honest_outlier_that_still_points_along_the_me
   _, min_cosine = consensus.check_thresholds(
       norms, cosines, consensus.ConsensusRule(direction_k=2.5, direction_cosine=1.0))
   assert float(min_cosine) > 0.3  # without the bound, median - 2.5 MAD alone would reject it
+
+
+def test_no_finite_score_keeps_nothing():
+  """Every local model diverged: nothing is kept (the loop stops), never a NaN model."""
+  keep = consensus.accept_mask(np.array([np.nan, np.inf, np.nan]), "median_mad")
+  assert np.asarray(keep).tolist() == [False, False, False]
+
+
+def test_rejection_reasons_name_the_first_failing_check():
+  rule = consensus.ConsensusRule(k=3.0, direction_k=2.0, max_norm_ratio=3.0)
+  #                 ok    NaN     score   score+dir  dir    norm   ok
+  scores = np.array([0.2, np.nan, 0.9,    0.9,       0.21,  0.2,   0.19], np.float32)
+  norms = np.array([1.0, np.nan, 1.0,    1.0,       1.0,   9.0,   1.1], np.float32)
+  cosines = np.array([0.6, np.nan, 0.6,   -0.5,      -0.5,   0.6,   0.55], np.float32)
+  finite = np.array([True, False, True, True, True, True, True])
+  accepted = np.asarray(consensus.decide(scores, norms, cosines, rule))
+  assert accepted.tolist() == [True, False, False, False, False, False, True]
+  assert consensus.rejection_reasons(scores, norms, cosines, finite, rule, accepted) == [
+      "accepted", "non_finite_update", "vote_score", "vote_score", "direction", "norm",
+      "accepted"]
+
+
+def test_a_non_finite_update_is_named_whatever_its_other_values():
+  """The round never scores a non-finite update; finite=False wins over any recorded value."""
+  rule = consensus.ConsensusRule(rule="absolute", absolute_threshold=0.5)
+  reasons = consensus.rejection_reasons(np.array([0.1, 0.1, 0.1]), None, None,
+                                        [True, False, True], rule, [True, False, True])
+  assert reasons == ["accepted", "non_finite_update", "accepted"]
+  assert consensus.rejection_reasons(None, None, None, [True, False], None,
+                                     [True, False]) == ["accepted", "non_finite_update"]
+
+
+def test_a_borderline_rejection_goes_to_the_check_nearest_its_limit():
+  """The jit rejected an update the host finds within every limit (float32 borderline)."""
+  rule = consensus.ConsensusRule(rule="absolute", absolute_threshold=0.5, max_norm_ratio=2.0)
+  norms = np.array([1.0, 1.0, 1.9999], np.float32)  # the limit is 2 x median = 2
+  reasons = consensus.rejection_reasons(np.full(3, 0.1, np.float32), norms, None,
+                                        np.ones(3, bool), rule, [True, True, False])
+  assert reasons == ["accepted", "accepted", "norm"]

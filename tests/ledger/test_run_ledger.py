@@ -46,7 +46,7 @@ def test_open_registers_once_and_reopens_the_same_run(tmp_path):
   assert again.ledger.blocks == run.ledger.blocks and record_count(tmp_path) == 1
   with pytest.raises(ValueError, match="other hospitals"):
     open_run(tmp_path, seed=1, keys="derived")
-  with pytest.raises(ValueError, match="keys=derived, not random"):
+  with pytest.raises(ValueError, match="key_source=derived, not random"):
     open_run(tmp_path)
 
 
@@ -151,3 +151,34 @@ def test_update_checks_are_recorded_and_enforced(tmp_path):
   assert [v["norm"] for v in votes] == pytest.approx(norms.tolist())
   assert [v["cosine"] for v in votes] == pytest.approx(cosines.tolist())
   assert audit.verify_run(tmp_path).ok
+
+
+@pytest.mark.parametrize("max_norm_ratio", [0.0, 3.0])
+def test_a_non_finite_update_is_recorded_rejected_with_its_reason(tmp_path, max_norm_ratio):
+  rule = consensus.ConsensusRule(max_norm_ratio=max_norm_ratio)
+  run = open_run(tmp_path, consensus=rule)
+  synthetic = simulate.synthetic_round(run, 0, PER_ROUND)
+  finite = np.array([True, False, True])
+  nan = np.where(finite, 1.0, np.nan).astype(np.float32)  # what the round gives such an update
+  evidence = dict(local_maes=synthetic.local_maes * nan,
+                  mae_matrix=synthetic.mae_matrix * nan[:, None],
+                  vote_scores=synthetic.vote_scores * nan,
+                  update_norms=synthetic.update_norms * nan, cosines=synthetic.cosines * nan)
+  accepted = np.asarray(consensus.decide(evidence["vote_scores"], evidence["update_norms"],
+                                         evidence["cosines"], rule))
+  assert accepted.tolist() == [True, False, True]
+  roles = run_ledger.round_roles(run, 0)
+  epsilon = simulate.round_epsilon(run, synthetic)
+  if max_norm_ratio:  # where norms are published, a NaN norm cannot pass for a finite update
+    with pytest.raises(validate.LedgerRefusal, match="recorded finite with norm nan"):
+      run_ledger.record_round(run, 0, roles, *simulate.round_records(
+          synthetic, epsilon, accepted=accepted, **evidence))
+  run = run_ledger.record_round(run, 0, roles, *simulate.round_records(
+      synthetic, epsilon, accepted=accepted, finite=finite, **evidence))
+  for vote in (t for t in run.ledger.blocks[-1].transactions if t.kind == "vote"):
+    assert [v["finite"] for v in vote.body["votes"]] == [True, False, True]
+    assert [v["reason"] for v in vote.body["votes"]] == ["accepted", "non_finite_update",
+                                                         "accepted"]
+    assert vote.body["votes"][1]["score"] is None and vote.body["votes"][1]["norm"] is None
+  assert audit.verify_run(tmp_path).ok
+  assert "(rejected: non_finite_update)" in audit.show(tmp_path)
