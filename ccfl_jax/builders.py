@@ -1,10 +1,12 @@
 """The factory layer: a run config -> the objects a round needs (no loop, no I/O).
 
-`config.model` -> models.from_config; `config.*_optimizer` -> server.optimizer_from_config;
-the global model before round 1 -> server.initial_state. Here: the round's settings, the
-consensus rule and attack it runs with, the device mesh and the engine that maps hospitals.
+`config.model` -> models.from_config; `config.*_optimizer` -> server.optimizer (restricted
+to the model's trainable parameters); the global model before round 1 ->
+server.initial_state. Here: the round's settings (with its augmentation), the consensus
+rule and attack it runs with, the device mesh and the engine that maps hospitals.
 """
 from ccfl_jax import configuration, models
+from ccfl_jax.data import augment as augment_lib
 from ccfl_jax.federated import attacks, engine, mesh as mesh_lib, server
 from ccfl_jax.ledger.consensus import ConsensusRule
 
@@ -20,17 +22,22 @@ def attack(config) -> attacks.Attack:
   return attacks.Attack(config.attack.kind, config.attack.num_malicious, config.attack.scale)
 
 
+def augment_settings(config) -> augment_lib.AugmentSettings:
+  return augment_lib.AugmentSettings.from_dict(config.augment)
+
+
 def round_settings(config, model: models.ModelSpec) -> engine.RoundSettings:
   unroll = config.engine.unroll_local_steps
   return engine.RoundSettings(
-      model=model, local_optimizer=server.optimizer_from_config(config.local_optimizer),
-      server_optimizer=server.optimizer_from_config(config.server_optimizer),
+      model=model, local_optimizer=server.optimizer(config.local_optimizer, config, model),
+      server_optimizer=server.optimizer(config.server_optimizer, config, model),
       local_steps=config.local_steps, batch_size=config.batch_size,
       clip_norm=config.privacy.clip_norm, noise_multiplier=config.privacy.noise_multiplier,
       unroll_local_steps=(mesh_lib.default_unroll_local_steps() if unroll == "auto"
                           else configuration.as_bool(unroll)),
       consensus=consensus_rule(config), validation_size=config.ledger.validation_size,
-      attack=attack(config), return_updates=config.ledger.enabled)
+      attack=attack(config), return_updates=config.ledger.enabled,
+      trainable=server.trainable_mask(config, model), augment=augment_settings(config))
 
 
 def hospital_axis(config, model: models.ModelSpec) -> str:

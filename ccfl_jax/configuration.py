@@ -57,6 +57,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.name = "small_cnn"      # a registered model (`python -m ccfl_jax.main list`); the
   # block's other fields are its constructor's arguments
 
+  # Training-time augmentation (data/augment.py), inside the compiled round, per hospital and
+  # local step (keys: federated/engine.py); never in evaluation.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.enabled = False       # off: hospitals train on the slices as stored
+  c.augment.crop = True           # random resized crop
+  c.augment.crop_scale = (0.5, 1.0)  # area fraction of the crop box
+  c.augment.crop_ratio = (0.75, 4 / 3)  # crop box width / height
+  c.augment.flip = True           # horizontal flip, probability 1/2
+  c.augment.rotation_degrees = 10.0  # rotation by U(-r, r) degrees
+  c.augment.brightness = 0.1      # + U(-b, b)
+  c.augment.contrast = 0.1        # (x - mean) x U(1 - c, 1 + c) + mean
+
   c.num_hospitals = 9             # H
   c.hospitals_per_round = 9       # m_t, sampled without replacement each round
   c.num_rounds = 40               # federated rounds (a rerun with more extends the run)
@@ -208,6 +220,7 @@ def validate(config) -> None:
   import optax
   from ccfl_jax import models
   from ccfl_jax.data import datasets
+  from ccfl_jax.data.augment import AugmentSettings
 
   for message in _unknown_fields(config, default_config()):
     raise ConfigError(message)
@@ -262,6 +275,12 @@ def validate(config) -> None:
          f"0 <= count <= num_hospitals ({config.num_hospitals})", config)
   _check(config.dataset.name == "phantom" or bool(config.dataset.path), "dataset.path",
          f"the folder of the {config.dataset.name!r} dataset", config)
+  try:
+    AugmentSettings.from_dict(config.augment)
+  except (TypeError, ValueError) as error:
+    message = str(error).removeprefix("config.")
+    message = message if message.startswith("augment.") else f"augment: {message}"
+    raise ConfigError(f"config.{message}") from None
   try:
     models.from_config(config)
   except TypeError as error:

@@ -160,9 +160,11 @@ ACCOUNTANTS = {
 
 
 def summarize(config, records: list[dict], data_counts: list[dict], skipped, seconds: float,
-              environment: dict, accountant: str = "rdp", data_warnings=()) -> dict:
+              environment: dict, accountant: str = "rdp", data_warnings=(),
+              parameters: dict | None = None) -> dict:
   """summary.json: `environment` from environment.describe, `accountant` the name that
-  privacy.epsilon_report gave for the final ε, `data_warnings` the data checks' warnings."""
+  privacy.epsilon_report gave for the final ε, `data_warnings` the data checks' warnings,
+  `parameters` models.parameter_counts (trainable and frozen)."""
   final = records[-1] if records else {}
   return dict(
       run_name=config.run_name, rounds=len(records),
@@ -174,7 +176,7 @@ def summarize(config, records: list[dict], data_counts: list[dict], skipped, sec
                    "sampled (not the accepted) hospitals each round; the vote's published MAEs "
                    "(and, with the update checks on, update norms and cosines) are not "
                    "covered (federated/privacy.py, ledger/consensus.py)",
-                   unit="one hospital's whole dataset"),
+                   unit="one hospital's whole dataset", parameters=parameters),
       ledger=dict(enabled=config.ledger.enabled,
                   consensus=config.ledger.consensus.to_dict() if config.ledger.enabled else None,
                   num_verifiers=config.ledger.num_verifiers),
@@ -258,7 +260,8 @@ def summary_markdown(summary: dict) -> str:
   lines += ["", "## Privacy", "",
             f"(ε, δ) = ({epsilon_text(p['epsilon'], p['noise_multiplier'])}, {p['delta']:g}) "
             f"with noise multiplier σ = {p['noise_multiplier']}, clip norm S = {p['clip_norm']}; "
-            f"accountant: {p['accountant']}; unit of privacy: {p['unit']}.", "",
+            f"accountant: {p['accountant']}; unit of privacy: {p['unit']}."
+            + _frozen_text(p.get("parameters")), "",
             "## Consensus and attack", "", _votes_markdown(summary), ""]
   if summary["rounds"]:
     lines += ["## Plots", "", "![test metrics, losses and ε per round](curves.png)", "",
@@ -277,6 +280,14 @@ def summary_markdown(summary: dict) -> str:
   lines += ["## Config", "", "```json", json.dumps(summary["config"], indent=2,
                                                         sort_keys=True), "```", ""]
   return "\n".join(lines)
+
+
+def _frozen_text(parameters: dict | None) -> str:
+  if not parameters or not parameters["frozen"]:
+    return ""
+  return (f" The noise and the clipping cover the {parameters['trainable']:,} trainable "
+          f"parameters; the {parameters['frozen']:,} frozen ones (pretrained, `model.trainable`) "
+          "receive no update, carry no noise and take no share of the clipped norm.")
 
 
 def _environment_markdown(environment: dict | None) -> list[str]:

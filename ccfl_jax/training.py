@@ -166,7 +166,9 @@ def train_and_evaluate(config, run_dir) -> dict:
                                       history.noise_multipliers, p.delta)["accountant"]
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
                                 time.time() - started, environment.describe(jax.devices()),
-                                accountant, data.warnings)
+                                accountant, data.warnings,
+                                models.parameter_counts(state.params,
+                                                        server.trainable_mask(config, model)))
   reporting.write_outputs(pathlib.Path(run_dir), summary, run.records,
                           metrics_csv=config.metrics_csv, tensorboard=config.tensorboard)
   run.close(("summary.json", "summary.md", "curves.png", "votes.png"))

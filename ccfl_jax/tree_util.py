@@ -22,6 +22,14 @@ def unstack(tree) -> list:
   return [index(tree, i) for i in range(len(jax.tree.leaves(tree)[0]))]
 
 
+def keep(tree, mask):
+  """`tree` with zeros where `mask` (a same-structure tree of Python bools) is False; `tree`
+  itself when `mask` is None. The zeros are constants, so a jit drops what produced them."""
+  if mask is None:
+    return tree
+  return jax.tree.map(lambda leaf, trains: leaf if trains else jnp.zeros_like(leaf), tree, mask)
+
+
 def pad_leading(array: np.ndarray, size: int) -> np.ndarray:
   """`array` padded with zeros along its leading axis to length `size` (>= its length)."""
   array = np.asarray(array)

@@ -148,6 +148,10 @@ def test_main_rejects_bad_config_in_one_line(tmp_path, override, field):
     (lambda c: setattr(c.attack, "kind", "trojan"), "attack.kind.*sign_flip"),
     (lambda c: setattr(c.attack, "num_malicious", 4), "attack.num_malicious"),
     (lambda c: setattr(c.ledger.consensus, "rule", "mean"), "ledger.consensus.rule.*median_mad"),
+    (lambda c: setattr(c.augment, "crop_scale", (0.0, 1.0)), r"augment.crop_scale.*0 < low"),
+    (lambda c: setattr(c.augment, "contrast", 1.5), r"augment.contrast 1.5: must be <= 1"),
+    (lambda c: setattr(c.augment, "rotation_degrees", -1.0), "augment.rotation_degrees.*>= 0"),
+    (lambda c: c.augment.__setitem__("zoom", 2.0), "augment.zoom: unknown field"),
 ])
 def test_validate_names_field_and_choices(change, message):
   config = tiny_config()
@@ -166,9 +170,14 @@ def test_tensorboard_without_its_extra_is_refused_at_start(monkeypatch):
     configuration.validate(config)
 
 
-@pytest.mark.parametrize("name", ["fed3", "fed9", "tiny", "attack9", "ucsd_fed9"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py")))
 def test_shipped_configs_validate(name):
   configuration.validate(configuration.load_config_file(REPO_ROOT / "configs" / f"{name}.py"))
+
+
+def test_the_augment_block_defaults_are_the_augment_settings_defaults():
+  from ccfl_jax.data.augment import AugmentSettings
+  assert AugmentSettings.from_dict(configuration.default_config().augment) == AugmentSettings()
 
 
 def test_skipped_files_are_counted_in_the_summary(tmp_path):

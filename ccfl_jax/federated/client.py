@@ -14,14 +14,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ccfl_jax import tree_util
+from ccfl_jax.data import augment as augment_lib
 from ccfl_jax.federated import attacks, privacy
+
+AUGMENT_KEY = 2  # fold_in(hospital key, AUGMENT_KEY) -> the augmentation keys (engine.py)
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalSettings:
   """What every hospital of a round does alike: K steps of `optimizer` (reset each round) on
-  batches of `batch_size`, the update clipped to `clip_norm`; `unroll` unrolls the K steps
-  in the trace (faster around convolutions on XLA:CPU, mesh.default_unroll_local_steps)."""
+  batches of `batch_size`, each batch augmented as `augment` says, the update (zero on the
+  parameters `trainable` freezes) clipped to `clip_norm`; `unroll` unrolls the K steps in
+  the trace (faster around convolutions on XLA:CPU, mesh.default_unroll_local_steps)."""
   model: Any
   optimizer: Any
   local_steps: int
@@ -29,6 +34,8 @@ class LocalSettings:
   unroll: bool
   clip_norm: float
   attack: attacks.Attack = attacks.Attack()
+  trainable: Any = None   # params-shaped tree of Python bools; None: every parameter trains
+  augment: augment_lib.AugmentSettings = augment_lib.AugmentSettings()
 
 
 def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
@@ -61,32 +68,44 @@ def train_step(model, optimizer):
 
 
 def local_training(params, images, labels, count, key, *, model, optimizer, local_steps,
-                   batch_size, unroll):
-  """K optimizer steps from the global params; returns (local params, mean local loss)."""
-  one_step = train_step(model, optimizer)
+                   batch_size, unroll, augment=augment_lib.AugmentSettings()):
+  """K optimizer steps from the global params; returns (local params, mean local loss).
 
-  def step(carry, batch_index):
+  Step k's batch is augmented with fold_in(fold_in(key, AUGMENT_KEY), k) when
+  `augment.enabled` (off: the batch as stored, and no key is drawn).
+  """
+  one_step = train_step(model, optimizer)
+  augment_key = jax.random.fold_in(key, AUGMENT_KEY)
+
+  def step(carry, step_inputs):
     p, opt_state = carry
-    p, opt_state, loss = one_step(p, opt_state, images[batch_index], labels[batch_index])
+    step_index, batch_index = step_inputs
+    batch_images = images[batch_index]
+    if augment.enabled:
+      batch_images = augment_lib.augment(jax.random.fold_in(augment_key, step_index),
+                                         batch_images, augment)
+    p, opt_state, loss = one_step(p, opt_state, batch_images, labels[batch_index])
     return (p, opt_state), loss
 
   batches = local_batches(key, count, images.shape[0], local_steps, batch_size)
-  (local_params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), batches,
-                                           unroll=unroll)
+  (local_params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)),
+                                           (jnp.arange(local_steps), batches), unroll=unroll)
   return local_params, jnp.mean(losses)
 
 
 def hospital_update(params, images, labels, count, key, malicious=False, *, clip_norm,
-                    attack=attacks.Attack(), **training):
+                    attack=attacks.Attack(), trainable=None, **training):
   """One hospital's clipped submitted update, the submitted norm before clipping, mean local loss.
 
-  `malicious` is a traced flag: honest and malicious hospitals share one trace.
+  `malicious` is a traced flag: honest and malicious hospitals share one trace. The server
+  keeps only the trainable part of what it receives (a frozen parameter's entry is zero
+  whatever a hospital sends), then clips.
   """
   labels = attacks.training_labels(attack, labels, malicious)
   local_params, loss = local_training(params, images, labels, count, key, **training)
   delta = jax.tree.map(jnp.subtract, local_params, params)
   submitted = attacks.submitted_update(attack, delta, malicious, jax.random.fold_in(key, 1))
-  clipped, norm = privacy.clip_update(submitted, clip_norm)
+  clipped, norm = privacy.clip_update(tree_util.keep(submitted, trainable), clip_norm)
   return clipped, norm, loss
 
 
@@ -96,4 +115,5 @@ def make_hospital_update(settings: LocalSettings):
   return functools.partial(hospital_update, model=settings.model, optimizer=settings.optimizer,
                            local_steps=settings.local_steps, batch_size=settings.batch_size,
                            unroll=settings.unroll, clip_norm=settings.clip_norm,
-                           attack=settings.attack)
+                           attack=settings.attack, trainable=settings.trainable,
+                           augment=settings.augment)

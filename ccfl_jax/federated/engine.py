@@ -19,9 +19,26 @@ the gathered [m, v] MAE matrix, and the weighted sum follow in the same jit. The
 engine is the usual federated-learning loop, one dispatch per hospital, kept to check and
 measure the first.
 
-Keys: hospital h's local randomness is fold_in(fold_in(round_key, 0), h); the server's noise
-is fold_in(round_key, 1); h's validation batch fold_in(fold_in(round_key, 2), h). None
-depends on the device count or the engine.
+The PRNG key scheme, all of it (every key is a pure function of (seed, round, hospital), so
+a resumed run, either engine and any device count draw the same numbers):
+
+  base_key = key(config.seed); round_key = fold_in(base_key, round index)  (training.py)
+  hospital_key(h) = fold_in(fold_in(round_key, 0), h)   h's local randomness (client.py):
+      its local batches: hospital_key(h) itself (client.local_batches);
+      a malicious h's poisoned update: fold_in(hospital_key(h), 1) (attacks.py);
+      augmentation at local step k: fold_in(fold_in(hospital_key(h), 2), k), image b of the
+          batch split(that, B)[b] (data/augment.py);
+  the server's DP noise: fold_in(round_key, 1) (privacy.noisy_mean);
+  h's validation batch for the vote: fold_in(fold_in(round_key, 2), h) (cross_evaluation.py);
+  the model's initial parameters: key(config.seed) (builders.initial_state); the data, the
+  partition and the sampling draw from numpy generators seeded by config.seed (and the round).
+
+None depends on the device count or the engine.
+
+Frozen parameters (`settings.trainable`, a pretrained backbone's frozen part): both
+optimizers leave them alone (server.only_trainable), each hospital's submitted update is
+zero there before clipping, so they take no share of the clipped norm S, and the server's
+noise is zero there: DP covers exactly the parameters that train.
 """
 import dataclasses
 import functools
@@ -33,6 +50,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ccfl_jax import tree_util
+from ccfl_jax.data import augment as augment_lib
 from ccfl_jax.federated import attacks, client, cross_evaluation, mesh as mesh_lib, privacy, server
 from ccfl_jax.ledger import consensus as consensus_lib
 
@@ -73,12 +91,14 @@ class RoundSettings:
   validation_size: int = 32
   attack: attacks.Attack = attacks.Attack()
   return_updates: bool = False
+  trainable: Any = None  # params-shaped tree of Python bools (None: all train); models.trainable_mask
+  augment: augment_lib.AugmentSettings = augment_lib.AugmentSettings()
 
   @property
   def local(self) -> client.LocalSettings:
     return client.LocalSettings(self.model, self.local_optimizer, self.local_steps,
                                 self.batch_size, self.unroll_local_steps, self.clip_norm,
-                                self.attack)
+                                self.attack, self.trainable, self.augment)
 
 
 class RoundShared(NamedTuple):
@@ -172,7 +192,7 @@ def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings)
   """The server step on the noisy mean; a round with no accepted update leaves the global
   model as it was (the loop then stops with an error rather than divide by zero)."""
   mean_update = privacy.noisy_mean(clipped_sum, num_accepted, jax.random.fold_in(round_key, 1),
-                                   s.noise_multiplier, s.clip_norm)
+                                   s.noise_multiplier, s.clip_norm, s.trainable)
   stepped = server.apply_update(state, mean_update, s.server_optimizer)
   return jax.tree.map(lambda new, old: jnp.where(num_accepted > 0, new, old), stepped, state)
 

@@ -81,6 +81,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccfl_jax import tree_util
+
 MECHANISMS = ("gaussian_central", "laplace_local")
 RDP_SMALL_ORDERS = tuple(1 + 0.011 * (1 / 0.011) ** (i / 100) for i in range(100))
 RDP_ORDERS = RDP_SMALL_ORDERS + tuple(
@@ -115,9 +117,11 @@ def gaussian_noise_like(key, tree, std):
   return jax.tree.unflatten(treedef, noise)
 
 
-def noisy_mean(clipped_sum, num_accepted, key, noise_multiplier, clip_norm):
-  """(Σ clipped Δw + N(0, σ²S²)) / m_t — eq. 5."""
-  noise = gaussian_noise_like(key, clipped_sum, noise_multiplier * clip_norm)
+def noisy_mean(clipped_sum, num_accepted, key, noise_multiplier, clip_norm, trainable=None):
+  """(Σ clipped Δw + N(0, σ²S²)) / m_t — eq. 5; no noise on frozen parameters (`trainable`
+  False: every update is zero there, so the mean is exactly zero)."""
+  noise = tree_util.keep(gaussian_noise_like(key, clipped_sum, noise_multiplier * clip_norm),
+                         trainable)
   return jax.tree.map(lambda s, n: (s + n) / num_accepted, clipped_sum, noise)
 
 

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ccfl_jax import models
+
 
 class ServerState(NamedTuple):
   params: Any
@@ -38,8 +40,30 @@ def optimizer_from_config(block) -> optax.GradientTransformation:
   return make_optimizer(block.name, block.learning_rate, **kwargs)
 
 
-def initial_state(config, model) -> ServerState:
-  """The global model before round 1: `model` initialised from config.seed, fresh optimizer."""
+def only_trainable(optimizer, mask) -> optax.GradientTransformation:
+  """`optimizer` on the leaves where `mask` (Python bools) is True, zero updates (and no
+  optimizer state) on the frozen rest; `optimizer` itself when mask is None (all train)."""
+  if mask is None:
+    return optimizer
+  labels = jax.tree.map(lambda trains: "train" if trains else "frozen", mask)
+  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def trainable_mask(config, model: models.ModelSpec):
+  """Which of the model's parameters train (Python bools); None if all do."""
+  return models.trainable_mask(model, config.dataset.image_size)
+
+
+def optimizer(block, config, model: models.ModelSpec) -> optax.GradientTransformation:
+  """The optimizer config `block` names (local_optimizer | server_optimizer) on the model's
+  trainable parameters only."""
+  return only_trainable(optimizer_from_config(block), trainable_mask(config, model))
+
+
+def initial_state(config, model: models.ModelSpec) -> ServerState:
+  """The global model before round 1: `model` initialised from config.seed (pretrained
+  where the model says so; compiled: an eager init of a deep net compiles op by op) and a
+  fresh server optimizer."""
   size = config.dataset.image_size
-  params = model.module.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)))
-  return init_state(params, optimizer_from_config(config.server_optimizer))
+  params = jax.jit(model.module.init)(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)))
+  return init_state(params, optimizer(config.server_optimizer, config, model))

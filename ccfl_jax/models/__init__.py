@@ -10,7 +10,11 @@ Adding a model is adding a module `ccfl_jax/models/<name>.py` that defines
     `probabilities(outputs) -> (B, num_classes)` class probabilities. Models that
     return logits get softmax cross-entropy and softmax from here;
   * optionally `TINY_KWARGS`: constructor arguments of a version small enough for a
-    seconds-long test (for a `MODELS` module, a dict keyed by registered name).
+    seconds-long test (for a `MODELS` module, a dict keyed by registered name);
+  * optionally `trainable_parameters(module, variables) -> tree of bools` (True = trains):
+    a model with a frozen part (a pretrained backbone) says which leaves train. Frozen
+    leaves get no update, no DP noise and no share of the clipped norm (client.py,
+    privacy.py); without it every parameter trains.
 
 Every public module of this package is a model (or a family); reusable layers live in the
 `ccfl_jax.models.layers` subpackage, pretrained weights and their readers in
@@ -35,6 +39,14 @@ class ModelSpec:
   module: nn.Module
   loss: Callable[[Any, jax.Array, jax.Array], jax.Array]
   probabilities: Callable[[Any], jax.Array]
+  trainable_parameters: Callable[[nn.Module, Any], Any] | None = None
+
+  def trainable_mask(self, variables) -> Any:
+    """A tree like `variables` of Python bools, True where the leaf trains; None if all do."""
+    if self.trainable_parameters is None:
+      return None
+    mask = jax.tree.map(bool, self.trainable_parameters(self.module, variables))
+    return None if all(jax.tree.leaves(mask)) else mask
 
 
 def softmax_cross_entropy(logits, images, labels):
@@ -78,7 +90,8 @@ def get_model(name: str, **kwargs) -> ModelSpec:
   return ModelSpec(
       module=constructor(**kwargs),
       loss=getattr(module, "loss", softmax_cross_entropy),
-      probabilities=getattr(module, "probabilities", softmax_probabilities))
+      probabilities=getattr(module, "probabilities", softmax_probabilities),
+      trainable_parameters=getattr(module, "trainable_parameters", None))
 
 
 def tiny_kwargs(name: str) -> dict:
@@ -103,8 +116,27 @@ def parameter_count(params) -> int:
   return sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
 
 
+def abstract_variables(model: ModelSpec, image_size: int) -> Any:
+  """The model's variables as shapes and dtypes (traced abstractly, no FLOPs, no weights)."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
+  return jax.eval_shape(model.module.init, jax.random.key(0), images)
+
+
+def trainable_mask(model: ModelSpec, image_size: int) -> Any:
+  """Which of the model's parameters train (ModelSpec.trainable_mask); None if all do."""
+  return model.trainable_mask(abstract_variables(model, image_size))
+
+
+def parameter_counts(variables, mask) -> dict:
+  """{'trainable': n, 'frozen': n} parameters of `variables` under a trainable mask (None: all)."""
+  sizes = [int(jnp.size(leaf)) for leaf in jax.tree.leaves(variables)]
+  trains = jax.tree.leaves(mask) if mask is not None else [True] * len(sizes)
+  trainable = sum(size for size, t in zip(sizes, trains) if t)
+  return dict(trainable=trainable, frozen=sum(sizes) - trainable)
+
+
 def uses_convolutions(model: ModelSpec, image_size: int) -> bool:
   """Whether the model's forward pass contains a convolution (traced abstractly, no FLOPs)."""
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 1), jnp.float32)
-  params = jax.eval_shape(model.module.init, jax.random.key(0), images)
+  params = abstract_variables(model, image_size)
   return "conv_general_dilated" in str(jax.make_jaxpr(model.module.apply)(params, images))

@@ -400,3 +400,8 @@ def trainable_mask(variables: Any, trainable: str) -> Any:
     names = _backbone_names(_leaf_names(path))
     return names is None or names[0] not in frozen_names
   return jax.tree_util.tree_map_with_path(mark, variables)
+
+
+def trainable_parameters(module: Model, variables: Any) -> Any:
+  """The registry's hook (models/__init__.py): `trainable_mask` for `module.trainable`."""
+  return trainable_mask(variables, module.trainable)

@@ -135,3 +135,81 @@ def test_a_non_finite_update_is_rejected_and_the_model_stays_finite(hospital_dat
   unchanged, out = run_round(state, data, SAMPLED, jax.random.key(1))
   assert not np.any(np.asarray(out.accepted))
   _assert_same(unchanged.params, state.params, atol=0)
+
+
+# Frozen parameters and augmentation inside the round (issue 10).
+def _frozen_settings(**overrides):
+  model = get_model("efficientnet_lite", pretrained=False, stages=2, trainable="last_1")
+  state_shapes = jax.eval_shape(model.module.init, jax.random.key(0),
+                                jax.ShapeDtypeStruct((1, SIZE, SIZE, 1), jnp.float32))
+  mask = model.trainable_mask(state_shapes)
+  fields = dict(local_optimizer=server.only_trainable(optax.adamw(0.01, weight_decay=0.1), mask),
+                server_optimizer=server.only_trainable(optax.sgd(1.0), mask), local_steps=2,
+                batch_size=4, clip_norm=0.5, noise_multiplier=1.0, unroll_local_steps=True,
+                trainable=mask)
+  fields.update(overrides)
+  return engine.RoundSettings(model, **fields), mask
+
+
+def _leaves_by_mask(tree, mask, trains: bool):
+  return [leaf for leaf, m in zip(jax.tree.leaves(tree), jax.tree.leaves(mask)) if m == trains]
+
+
+def test_frozen_parameters_get_no_update_no_noise_and_no_share_of_the_norm(hospital_data):
+  # The attacker adds Gaussian noise to every parameter, frozen ones too; weight decay would
+  # move every local parameter; the server adds noise of std sigma * S: none reaches a frozen one.
+  attack = engine.attacks.Attack("gaussian_noise", num_malicious=1, scale=1.0)
+  settings, mask = _frozen_settings(attack=attack)
+  assert 0 < sum(jax.tree.leaves(mask)) < len(jax.tree.leaves(mask))
+  state = _initial_state(settings)
+  mesh = mesh_lib.hospital_mesh(2)
+  new_state, out = engine.compiled_round(settings, mesh, "unroll")(
+      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, jax.random.key(3))
+  for new, old in zip(_leaves_by_mask(new_state.params, mask, False),
+                      _leaves_by_mask(state.params, mask, False)):
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+  assert all(not np.allclose(new, old) for new, old in
+             zip(_leaves_by_mask(new_state.params, mask, True),
+                 _leaves_by_mask(state.params, mask, True)))
+  # The attacker's (hospital 0's) norm is that of the trainable part of what it sent.
+  hospital_fn = client.make_hospital_update(settings.local)
+  keys = engine.hospital_keys(jax.random.key(3), jnp.asarray(SAMPLED))
+  device_data = jax.tree.map(jnp.asarray, hospital_data)
+  args = (state.params, device_data.images[0], device_data.labels[0], device_data.counts[0],
+          keys[0], True)
+  clipped, norm, _ = hospital_fn(*args)
+  unmasked_norm = client.make_hospital_update(
+      client.LocalSettings(**{**settings.local.__dict__, "trainable": None}))(*args)[1]
+  np.testing.assert_allclose(float(out.update_norm[0]), float(norm), rtol=1e-5)
+  assert float(norm) < float(unmasked_norm)
+  assert all(not np.any(np.asarray(leaf)) for leaf in _leaves_by_mask(clipped, mask, False))
+
+
+AUGMENT = engine.augment_lib.AugmentSettings(enabled=True)
+
+
+def test_augmented_round_is_deterministic_and_engines_agree(hospital_data):
+  plain = _settings(hidden=(16,))
+  augmented = _settings(hidden=(16,))
+  augmented = engine.RoundSettings(**{**augmented.__dict__, "augment": AUGMENT})
+  state = _initial_state(plain)
+  mesh = mesh_lib.hospital_mesh(2)
+  data = engine.put_hospital_data(hospital_data, mesh, "compiled")
+  runs = [_run(engine.compiled_round(s, mesh, "vmap"), data, state, SAMPLED)
+          for s in (augmented, augmented, plain)]
+  _assert_same(runs[0], runs[1], atol=0)
+  assert not np.allclose(np.asarray(runs[0][1].local_loss), np.asarray(runs[2][1].local_loss))
+  sequential = _run(engine.sequential_round(augmented),
+                    engine.put_hospital_data(hospital_data, mesh, "sequential"), state, SAMPLED)
+  _assert_same(runs[0], sequential)
+
+
+def test_frozen_backbone_with_augmentation_compiled_equals_sequential(hospital_data):
+  settings, _ = _frozen_settings(augment=AUGMENT, noise_multiplier=0.3)
+  state = _initial_state(settings)
+  mesh = mesh_lib.hospital_mesh(1)
+  compiled = _run(engine.compiled_round(settings, mesh, "unroll"),
+                  engine.put_hospital_data(hospital_data, mesh, "compiled"), state, SAMPLED, 1)
+  sequential = _run(engine.sequential_round(settings),
+                    engine.put_hospital_data(hospital_data, mesh, "sequential"), state, SAMPLED, 1)
+  _assert_same(compiled, sequential)

@@ -1,0 +1,156 @@
+r"""Runs the pretrained-EfficientNet recipes on the real UCSD COVID-CT images, several seeds
+each, and writes results/ucsd_pretrained.md and .json (issue 10).
+
+  python tools/ucsd_pretrained.py [--seeds=0,1,2] [--recipes=fed9,central,...] \
+      [--runs_dir=runs/ucsd_pretrained] [--out=results/ucsd_pretrained]
+
+Each recipe is a config file plus overrides; each (recipe, seed) is one
+`python -m ccfl_jax.main` run (its wall time measured here, compile included) followed by
+`python -m ccfl_jax.evaluate --split=val` on its final checkpoint (slice- and patient-level
+metrics on the official val split, which no hospital trained on; no model selection on
+val). A run whose evaluation report exists is not rerun, so an interrupted sweep resumes.
+The tables are rewritten after every run: a partial sweep shows what finished, with the
+number of seeds each row averages (n).
+"""
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = "../shared/data/ucsd_covid_ct"
+
+# name -> (config file, overrides, what it is)
+RECIPES = {
+    "fed9": ("configs/ucsd_pretrained_fed9.py", (),
+             "9 hospitals, iid by patient, vote on, pretrained Lite0, sigma 0"),
+    "central": ("configs/ucsd_pretrained_central.py", (),
+                "1 hospital holds the train split, pretrained Lite0"),
+    "fed9_dirichlet": ("configs/ucsd_pretrained_fed9_dirichlet.py", (),
+                       "9 hospitals, Dirichlet(0.5) label skew, vote on"),
+    "fed9_dp": ("configs/ucsd_pretrained_fed9_dp.py", (),
+                "9 hospitals, last block + head train, S 1, sigma 0.5"),
+    "fed9_random_init": ("configs/ucsd_pretrained_fed9.py", ("--config.model.pretrained=false",),
+                         "fed9's recipe from random init"),
+    "small_cnn_fed9": ("configs/ucsd_fed9.py", (),
+                       "the from-scratch small CNN, 9 hospitals, 64 px, sigma 0.1"),
+}
+
+COLUMNS = (("slice AUC", "slice", "auc"), ("patient AUC", "patient", "auc"),
+           ("accuracy", "slice", "accuracy"), ("sensitivity", "slice", "sensitivity"),
+           ("specificity", "slice", "specificity"),
+           ("spec @ sens 0.95", "slice", "specificity_at_sensitivity_95"))
+
+
+def define_flags():
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed) of every recipe.")
+  flags.DEFINE_list("recipes", list(RECIPES), f"Recipes to run, in order: {', '.join(RECIPES)}.")
+  flags.DEFINE_string("runs_dir", "runs/ucsd_pretrained", "Where the run folders go.")
+  flags.DEFINE_string("out", "results/ucsd_pretrained", "Output path without suffix.")
+  flags.DEFINE_string("data", DATA, "The UCSD COVID-CT image folder.")
+  flags.DEFINE_bool("reevaluate", False, "Evaluate finished runs again (a newer evaluate).")
+
+
+def run_one(recipe: str, seed: int, runs_dir: pathlib.Path, data: str,
+            reevaluate: bool = False) -> dict:
+  """Trains and evaluates one (recipe, seed) unless done; returns its record."""
+  config, overrides, _ = RECIPES[recipe]
+  run_dir = runs_dir / f"{recipe}_seed{seed}"
+  report_path = runs_dir / f"{run_dir.name}.val_report.json"
+  timing_path = runs_dir / f"{run_dir.name}.wall_seconds.txt"
+  if reevaluate and (run_dir / "summary.json").exists():
+    report_path.unlink(missing_ok=True)
+  if not (run_dir / "summary.json").exists():
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "ccfl_jax.main", f"--config={config}",
+                    f"--config.seed={seed}", f"--config.run_name={run_dir.name}",
+                    f"--config.results_dir={runs_dir}", f"--config.dataset.path={data}",
+                    *overrides], cwd=REPO, check=True)
+    timing_path.write_text(f"{time.time() - started:.1f}\n")
+  if not report_path.exists():
+    subprocess.run([sys.executable, "-m", "ccfl_jax.evaluate", f"--run={run_dir}",
+                    f"--data=image_folder:{data}", "--split=val", f"--out={report_path}"],
+                   cwd=REPO, check=True)
+  summary = json.loads((run_dir / "summary.json").read_text())
+  report = json.loads(report_path.read_text())
+  return dict(recipe=recipe, seed=seed, wall_seconds=float(timing_path.read_text()),
+              epsilon=summary["privacy"]["epsilon"], rounds=summary["rounds"],
+              slice=report["slice_metrics"], patient=report["patient_metrics"],
+              slice_auc_ci=report["slice_metrics"].get("auc_ci95"),
+              patient_auc_ci=report["patient_metrics"].get("auc_ci95"))
+
+
+def mean_sd(values) -> str:
+  values = [v for v in values if v is not None and v == v]
+  if not values:
+    return "undefined"
+  if len(values) == 1:
+    return f"{values[0]:.3f}"
+  return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _ci_text(cis) -> str:
+  cis = [c for c in cis if c]
+  return "; ".join(f"[{c[0]:.2f}, {c[1]:.2f}]" for c in cis) if cis else "-"
+
+
+def _epsilon_text(values) -> str:
+  value = values[0]
+  return "∞ (no noise)" if value is None or value == float("inf") else f"{value:,.0f}"
+
+
+def markdown(records: list[dict], seeds: list[int]) -> str:
+  lines = ["# Pretrained EfficientNet-Lite0 on UCSD COVID-CT (val split)", "",
+           "Made by `python tools/ucsd_pretrained.py` (one `ccfl_jax.main` run and one "
+           "`ccfl_jax.evaluate --split=val` per recipe and seed, 2-core CPU, shared machine). "
+           "Train split (425 images, 191 COVID) -> hospitals by patient; the official val split "
+           "(118 images, 60 COVID) is the held-out test, never used to select a model. Mean ± sd "
+           f"over the n seeds that finished (asked: {', '.join(map(str, seeds))}); threshold 0.5; "
+           "patient level: the mean of each patient's top slices' scores. 95% CIs are patient "
+           "bootstraps of each seed's AUC (one interval per seed).", "",
+           "| recipe | n | " + " | ".join(c[0] for c in COLUMNS) +
+           " | slice AUC 95% CI | patient AUC 95% CI | epsilon | wall time (s) |",
+           "|" + "---|" * (len(COLUMNS) + 7)]
+  for recipe, (_, _, what) in RECIPES.items():
+    rows = [r for r in records if r["recipe"] == recipe]
+    if not rows:
+      continue
+    cells = [mean_sd([r[level].get(key) for r in rows]) for _, level, key in COLUMNS]
+    lines.append(f"| `{recipe}`: {what} | {len(rows)} | " + " | ".join(cells) +
+                 f" | {_ci_text([r['slice_auc_ci'] for r in rows])}"
+                 f" | {_ci_text([r['patient_auc_ci'] for r in rows])}"
+                 f" | {_epsilon_text([r['epsilon'] for r in rows])}"
+                 f" | {mean_sd([r['wall_seconds'] for r in rows])} |")
+  lines += ["", "Per run:", "", "| recipe | seed | slice AUC | patient AUC | wall time (s) |",
+            "|---|---|---|---|---|"]
+  lines += [f"| {r['recipe']} | {r['seed']} | {r['slice']['auc']:.3f} | "
+            f"{r['patient']['auc']:.3f} | {r['wall_seconds']:.0f} |" for r in records]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  seeds = [int(s) for s in f.seeds]
+  unknown = sorted(set(f.recipes) - set(RECIPES))
+  if unknown:
+    sys.exit(f"error: --recipes: unknown {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+  runs_dir = (REPO / f.runs_dir).resolve()
+  runs_dir.mkdir(parents=True, exist_ok=True)
+  out = REPO / f.out
+  records = []
+  for recipe in f.recipes:
+    for seed in seeds:
+      records.append(run_one(recipe, seed, runs_dir, f.data, f.reevaluate))
+      out.with_suffix(".json").write_text(json.dumps(records, indent=2) + "\n")
+      out.with_suffix(".md").write_text(markdown(records, seeds))
+      print(f"{recipe} seed {seed}: slice AUC {records[-1]['slice']['auc']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
