@@ -221,6 +221,7 @@ def validate(config) -> None:
   from ccfl_jax import models
   from ccfl_jax.data import datasets
   from ccfl_jax.data.augment import AugmentSettings
+  from ccfl_jax.federated import server
 
   for message in _unknown_fields(config, default_config()):
     raise ConfigError(message)
@@ -239,6 +240,11 @@ def validate(config) -> None:
            "an optax optimizer such as sgd, adam, adamw, momentum" +
            (" or fedavg" if block == "server_optimizer" else ""), config)
     _check(_get(config, f"{block}.learning_rate") > 0, f"{block}.learning_rate", "> 0", config)
+    try:
+      server.optimizer_from_config(_get(config, block))
+    except TypeError as error:
+      raise ConfigError(f"config.{block}: {_get(config, block).to_dict()} is not a valid "
+                        f"optax.{name} ({error})") from None
   _check(not config.tensorboard or importlib.util.find_spec("tensorboardX") is not None,
          "tensorboard", 'tensorboardX installed: pip install -e ".[tensorboard]" (or false)',
          config)
