@@ -3,11 +3,12 @@
 `config.model` -> models.from_config; `config.*_optimizer` -> server.optimizer (restricted
 to the model's trainable parameters); the global model before round 1 ->
 server.initial_state. Here: the round's settings (with its augmentation), the consensus
-rule and attack it runs with, the device mesh and the engine that maps hospitals.
+rule, attack and aggregation rule it runs with, the device mesh and the engine that maps
+hospitals.
 """
 from ccfl_jax import configuration, models
 from ccfl_jax.data import augment as augment_lib
-from ccfl_jax.federated import attacks, engine, mesh as mesh_lib, server
+from ccfl_jax.federated import aggregation, attacks, engine, mesh as mesh_lib, server
 from ccfl_jax.ledger.consensus import ConsensusRule
 
 
@@ -19,7 +20,14 @@ def consensus_rule(config) -> ConsensusRule | None:
 
 
 def attack(config) -> attacks.Attack:
-  return attacks.Attack(config.attack.kind, config.attack.num_malicious, config.attack.scale)
+  """config.attack, every field (the block's fields are attacks.Attack's)."""
+  return attacks.Attack(**config.attack.to_dict())
+
+
+def aggregation_rule(config) -> aggregation.AggregationRule:
+  """config.aggregation: how the server combines the accepted updates (mean = eq. 5)."""
+  a = config.aggregation
+  return aggregation.AggregationRule(a.rule, beta=a.beta, f=a.f, norm_bound=a.norm_bound)
 
 
 def augment_settings(config) -> augment_lib.AugmentSettings:
@@ -37,7 +45,8 @@ def round_settings(config, model: models.ModelSpec) -> engine.RoundSettings:
                           else configuration.as_bool(unroll)),
       consensus=consensus_rule(config), validation_size=config.ledger.validation_size,
       attack=attack(config), return_updates=config.ledger.enabled,
-      trainable=server.trainable_mask(config, model), augment=augment_settings(config))
+      trainable=server.trainable_mask(config, model), augment=augment_settings(config),
+      aggregation=aggregation_rule(config))
 
 
 def hospital_axis(config, model: models.ModelSpec) -> str:

@@ -119,9 +119,32 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Simulated poisoning (federated/attacks.py): hospitals 0 .. num_malicious - 1 attack.
   c.attack = ml_collections.ConfigDict()
-  c.attack.kind = "none"          # none | sign_flip | scale | gaussian_noise | label_flip
+  # none | sign_flip | scale | gaussian_noise | label_flip (per hospital) | alie | ipm |
+  # min_max | min_sum (colluding, crafted from the round's updates) | backdoor (trigger patch)
+  c.attack.kind = "none"
   c.attack.num_malicious = 0      # hospitals 0 .. num_malicious - 1 attack
   c.attack.scale = 10.0           # scale attack: the factor on Δw before the server clips
+  # alie/ipm/min_max/min_sum: the colluders know every benign update of the round (False:
+  # only their own honest updates)
+  c.attack.omniscient = False
+  c.attack.alie_z = 0.0           # alie: mean - z * std; 0 = Baruch et al.'s z_max for n, f
+  c.attack.epsilon = 0.1          # ipm: submit -epsilon x the known mean (Xie et al.: 0.1, 10)
+  # min_max/min_sum: the perturbation direction, std | unit_vec | sign (-std, -mean/||mean||,
+  # -sign(mean))
+  c.attack.perturbation = "std"
+  c.attack.target_label = 1       # backdoor: triggered slices' label (1 = COVID, 0 = non-COVID)
+  # backdoor: probability that a malicious hospital's slice is poisoned, drawn each round
+  c.attack.poison_fraction = 0.5
+  c.attack.trigger_size = 4       # backdoor: side (pixels) of the bright bottom-right square
+
+  # How the server combines the accepted updates (federated/aggregation.py); each rule's
+  # noised total keeps eq. 5's sensitivity 2S (the module says why).
+  c.aggregation = ml_collections.ConfigDict()
+  # mean (eq. 5, today's rule) | median | trimmed_mean | krum | multi_krum | norm_bound
+  c.aggregation.rule = "mean"
+  c.aggregation.beta = 0.1        # trimmed_mean: fraction of each coordinate trimmed at each end
+  c.aggregation.f = 0             # krum/multi_krum: Byzantine updates tolerated (multi: n - f kept)
+  c.aggregation.norm_bound = 0.0  # norm_bound: L2 bound on each accepted update (> 0)
 
   c.eval_batch_size = 256         # slices per evaluation batch
   c.checkpoint_every = 5          # rounds between checkpoints (and always the last)
@@ -170,7 +193,7 @@ def choices() -> dict[str, tuple[str, ...]]:
   # Late imports, deliberately: config files import this module for default_config(), and
   # should not pay for JAX and the models on import.
   from ccfl_jax.data import errors, partition
-  from ccfl_jax.federated import attacks, engine
+  from ccfl_jax.federated import aggregation, attacks, engine
   from ccfl_jax.ledger import consensus
   return {
       "partition.kind": partition.PARTITIONERS,
@@ -181,6 +204,8 @@ def choices() -> dict[str, tuple[str, ...]]:
       "ledger.consensus.rule": consensus.RULES,
       "ledger.key_source": ("random", "derived", "pem"),
       "attack.kind": attacks.KINDS,
+      "attack.perturbation": attacks.PERTURBATIONS,
+      "aggregation.rule": aggregation.RULES,
   }
 
 
@@ -212,6 +237,22 @@ def _get(config, path):
 def _check(condition: bool, field: str, expected: str, config) -> None:
   if not condition:
     raise ConfigError(f"config.{field} = {_get(config, field)!r}: expected {expected}")
+
+
+def _validate_attack_and_aggregation(config) -> None:
+  """config.attack and config.aggregation as their dataclasses check them, and the rule
+  against DP (aggregation.check_privacy_compatible: a rule without eq. 5's sensitivity bound
+  is refused with sigma > 0)."""
+  from ccfl_jax import builders
+  from ccfl_jax.federated import aggregation
+  _check(config.attack.trigger_size <= config.dataset.image_size, "attack.trigger_size",
+         f"a side <= dataset.image_size ({config.dataset.image_size})", config)
+  try:
+    builders.attack(config)
+    rule = builders.aggregation_rule(config)
+    aggregation.check_privacy_compatible(rule, config.privacy.noise_multiplier)
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"config.{error}") from None
 
 
 def validate(config) -> None:
@@ -279,6 +320,7 @@ def validate(config) -> None:
   _check(config.ledger.consensus.mad_floor >= 0, "ledger.consensus.mad_floor", ">= 0", config)
   _check(0 <= config.attack.num_malicious <= config.num_hospitals, "attack.num_malicious",
          f"0 <= count <= num_hospitals ({config.num_hospitals})", config)
+  _validate_attack_and_aggregation(config)
   _check(config.dataset.name == "phantom" or bool(config.dataset.path), "dataset.path",
          f"the folder of the {config.dataset.name!r} dataset", config)
   try:

@@ -115,6 +115,21 @@ def vote_record(sampled: np.ndarray, out, rule: ConsensusRule | None = None) -> 
       cosines=_as_list(out.cosines))
 
 
+def aggregation_record(sampled: np.ndarray, out) -> dict:
+  """Which accepted updates the aggregation rule's result is made of (engine.RoundOutput
+  .aggregated): all of them but under krum / multi_krum. Empty under the mean (every accepted
+  update counts, and the line stays as before the rules existed). Recorded because the ledger
+  records the vote's decisions only; like the vote's scores it is outside epsilon
+  (federated/aggregation.py)."""
+  if out.aggregated is None:
+    return {}
+  used = np.asarray(out.aggregated, bool)
+  malicious = np.asarray(out.malicious, bool)
+  return dict(aggregated=sampled[used].tolist(),
+              malicious_aggregated=int(np.sum(malicious & used)),
+              honest_aggregated=int(np.sum(~malicious & used)))
+
+
 def round_evidence(sampled: np.ndarray, out, publish_norms: bool) -> run_ledger.RoundEvidence:
   """The ledger's view of a round's output (host arrays). A hospital's pre-clipping norm is
   published only where the magnitude check needs it: like the MAEs, it is not covered by

@@ -20,7 +20,8 @@ import numpy as np
 from ccfl_jax import (builders, configuration, environment, failpoints, files, inference, metrics,
                       models, recorder, reporting)
 from ccfl_jax.data import datasets, hospitals, partition, quality, real_slices
-from ccfl_jax.federated import engine, mesh as mesh_lib, privacy, sampling, server
+from ccfl_jax.federated import (aggregation, attacks, engine, mesh as mesh_lib, privacy,
+                                sampling, server)
 
 LOG = logging.getLogger("ccfl_jax")
 
@@ -95,21 +96,62 @@ def data_line(counts: list[dict]) -> str:
 
 
 def round_metrics(round_index: int, sampled: np.ndarray, out, evaluation, labels, epsilon: float,
-                  config, seconds: float) -> dict:
-  """One metrics.jsonl line: the vote (with each hospital's verdict reason), local loss (the
-  mean over the hospitals whose update is finite), clipping, test metrics, privacy, time."""
+                  config, seconds: float, backdoor_success: float | None = None) -> dict:
+  """One metrics.jsonl line: the vote (with each hospital's verdict reason), which accepted
+  updates the aggregation rule used (krum / multi_krum), local loss (the mean over the
+  hospitals whose update is finite), clipping, test metrics, the backdoor's success rate
+  (attack.kind backdoor only), privacy, time."""
   test_loss, prob_covid = evaluation
   p = config.privacy
   finite = recorder.finite_updates(out)
+  backdoor = {} if backdoor_success is None else dict(backdoor_success=backdoor_success)
   return dict(
       round=round_index + 1, sampled=sampled.tolist(),
       **recorder.vote_record(sampled, out, builders.consensus_rule(config)),
+      **recorder.aggregation_record(sampled, out),
       local_loss=(float(np.mean(np.asarray(out.local_loss)[finite])) if finite.any()
                   else float("nan")),
       clipped_fraction=float(np.mean(np.asarray(out.update_norm) > p.clip_norm)),
-      test_loss=test_loss, **metrics.classification_metrics(labels, prob_covid),
+      test_loss=test_loss, **metrics.classification_metrics(labels, prob_covid), **backdoor,
       epsilon=epsilon, delta=p.delta, noise_multiplier=p.noise_multiplier,
       round_seconds=seconds)
+
+
+def backdoor_evaluator(config, model, test):
+  """params -> the backdoor's success rate on the held-out slices with the trigger stamped
+  (attacks.backdoor_success_rate: among those whose label is not the target, the fraction
+  the model calls target); None unless attack.kind is backdoor."""
+  a = config.attack
+  if a.kind != "backdoor":
+    return None
+  triggered = np.asarray(attacks.stamp_trigger(test.images, a.trigger_size))
+  evaluate = inference.make_evaluator(model, triggered, test.labels, config.eval_batch_size)
+  return lambda params: float(attacks.backdoor_success_rate(evaluate(params)[1], test.labels,
+                                                            a.target_label))
+
+
+LAST_ROUNDS = 5  # a round's accuracy at threshold 0.5 swings: summaries also average the last 5
+
+
+def robustness_summary(config, records: list[dict]) -> dict:
+  """summary.json's `aggregation` (the rule, why its noise keeps eq. 5's accounting, the noise
+  std on the update with all m_t accepted, and under krum / multi_krum how many malicious
+  and honest updates it used) and, under a backdoor, `backdoor_success` (final and the mean
+  of the last LAST_ROUNDS rounds)."""
+  rule, p = builders.aggregation_rule(config), config.privacy
+  summary = dict(aggregation=dict(
+      rule.to_json(), privacy=aggregation.check_privacy_compatible(rule, p.noise_multiplier),
+      noise_std_on_update=aggregation.noise_on_update(rule, config.hospitals_per_round,
+                                                      p.noise_multiplier, p.clip_norm)))
+  if records and "aggregated" in records[-1]:
+    totals = {k: sum(r[k] for r in records) for k in ("malicious_aggregated", "honest_aggregated")}
+    summary["aggregation"].update(totals, aggregated=sum(len(r["aggregated"]) for r in records))
+  if records and "backdoor_success" in records[-1]:
+    last = [r["backdoor_success"] for r in records[-LAST_ROUNDS:]]
+    summary["backdoor_success"] = dict(final=records[-1]["backdoor_success"],
+                                       last_rounds_mean=float(np.mean(last)),
+                                       last_rounds=len(last))
+  return summary
 
 
 def train_and_evaluate(config, run_dir) -> dict:
@@ -127,6 +169,7 @@ def train_and_evaluate(config, run_dir) -> dict:
   device_data = engine.put_hospital_data(data.hospitals, mesh, config.engine.kind)
   evaluate = inference.make_evaluator(model, data.test.images, data.test.labels,
                                       config.eval_batch_size)
+  backdoor_success = backdoor_evaluator(config, model, data.test)
   run = recorder.RunRecorder.open(config, run_dir, data.registrations)
   state, rounds_done, history = run.restore(server.initial_state(config, model))
 
@@ -159,7 +202,8 @@ def train_and_evaluate(config, run_dir) -> dict:
     epsilon = privacy.epsilon(config.num_hospitals, history.sampled, history.noise_multipliers,
                               p.delta)
     record = round_metrics(round_index, sampled, out, evaluate(state.params), data.test.labels,
-                           epsilon, config, round_times[-1])
+                           epsilon, config, round_times[-1],
+                           None if backdoor_success is None else backdoor_success(state.params))
     run.record(round_index, roles, sampled, out, state, record, history)
     reporting.log_round(record, config.num_rounds, round_times)
   accountant = privacy.epsilon_report(config.num_hospitals, history.sampled,
@@ -169,6 +213,7 @@ def train_and_evaluate(config, run_dir) -> dict:
                                 accountant, data.warnings,
                                 models.parameter_counts(state.params,
                                                         server.trainable_mask(config, model)))
+  summary.update(robustness_summary(config, run.records))
   reporting.write_outputs(pathlib.Path(run_dir), summary, run.records,
                           metrics_csv=config.metrics_csv, tensorboard=config.tensorboard)
   run.close(("summary.json", "summary.md", "curves.png", "votes.png"))

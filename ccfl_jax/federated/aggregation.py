@@ -47,8 +47,15 @@ so that this holds; `denominator` only rescales after the noise. The bounds:
 No rule is refused: each has a bound that the accountant's 2S covers. `noise_on_update`
 gives the resulting noise std so that a report can show the utility price. What epsilon does
 not cover, as for the vote (privacy.py): the accepted set is taken as given, and WHICH
-updates Krum or Multi-Krum select is an un-noised function of the updates; it must not be
-published (the ledger records the vote's decisions, not the aggregator's).
+updates Krum or Multi-Krum select is an un-noised function of the updates. The run records
+it (metrics.jsonl `aggregated`, whose line each ledger block hashes), so that an auditor
+knows which accepted updates the global model is made of; like the vote's published MAEs
+and scores, that record is outside epsilon. The ledger's accept decisions stay the vote's.
+
+In the round (federated/engine.py) a rule reads the vote's accepted updates only: a
+rejected update has weight 0, exactly like padding. With the default rule, mean, the
+engine keeps its own sharded sum (engine._weighted_sum under shard_map), so its numbers are
+those of the round before the rules existed.
 
 All functions are jax.numpy with no Python control flow on values (the rule is static): they
 trace inside the compiled round.
@@ -144,8 +151,12 @@ def _rows(mask, leaf):
 
 
 def weighted_sum(deltas, weights):
-  """sum_i w_i Δ_i per leaf (today's engine._weighted_sum)."""
-  return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+  """sum_i w_i Δ_i per leaf (eq. 5's sum); rows of weight 0 are left out, so a non-finite
+  rejected update (0 x NaN = NaN) cannot poison the sum."""
+  def leaf_sum(d):
+    kept = (weights > 0).reshape((-1,) + (1,) * (d.ndim - 1))
+    return jnp.tensordot(weights, jnp.where(kept, d, 0), axes=1)
+  return jax.tree.map(leaf_sum, deltas)
 
 
 def pairwise_sq_distances(deltas):
@@ -207,28 +218,38 @@ def _mean_of(deltas, selected):
                       deltas)
 
 
+def aggregate_with_selection(rule: AggregationRule, deltas, weights):
+  """(total, denominator, used): `aggregate`'s pair and bool [m], the rows the result is
+  computed from (krum: the one chosen; multi_krum: its n - f; the other rules: every row of
+  weight > 0, since each enters every coordinate's order statistics or the sum)."""
+  weights = jnp.asarray(weights, jnp.float32)
+  real = weights > 0
+  n = jnp.sum(real)
+  if rule.name == "mean":
+    return weighted_sum(deltas, weights), jnp.sum(weights), real
+  if rule.name == "norm_bound":
+    bounded = jax.vmap(lambda d: privacy.clip_update(d, rule.norm_bound)[0])(deltas)
+    return weighted_sum(bounded, weights), jnp.sum(weights), real
+  if rule.name in ("median", "trimmed_mean"):
+    trim = (n - 1) // 2 if rule.name == "median" else _trim_table(rule.beta, real.shape[0])[n]
+    denominator = jnp.maximum(n - 2 * trim, 1).astype(jnp.float32)
+    return trimmed_sum(deltas, real, trim), denominator, real
+  if rule.name == "krum":
+    chosen = jnp.argmin(krum_scores(deltas, real, rule.f))
+    used = real & (jnp.arange(real.shape[0]) == chosen)
+    return jax.tree.map(lambda d: d[chosen], deltas), jnp.float32(1.0), used
+  used = multi_krum_selection(deltas, real, rule.f)
+  return _mean_of(deltas, used), jnp.float32(1.0), used
+
+
 def aggregate(rule: AggregationRule, deltas, weights):
   """(total, denominator): the update is total / denominator, eq. 5's noise goes on total.
 
   `total` has REPLACE_ONE L2 sensitivity <= 2S for updates clipped to S (module docstring),
   so privacy.noisy_mean(total, denominator, key, sigma, S) is the accounted mechanism.
   """
-  weights = jnp.asarray(weights, jnp.float32)
-  real = weights > 0
-  n = jnp.sum(real)
-  if rule.name == "mean":
-    return weighted_sum(deltas, weights), jnp.sum(weights)
-  if rule.name == "norm_bound":
-    bounded = jax.vmap(lambda d: privacy.clip_update(d, rule.norm_bound)[0])(deltas)
-    return weighted_sum(bounded, weights), jnp.sum(weights)
-  if rule.name in ("median", "trimmed_mean"):
-    trim = (n - 1) // 2 if rule.name == "median" else _trim_table(rule.beta, real.shape[0])[n]
-    denominator = jnp.maximum(n - 2 * trim, 1).astype(jnp.float32)
-    return trimmed_sum(deltas, real, trim), denominator
-  if rule.name == "krum":
-    chosen = jnp.argmin(krum_scores(deltas, real, rule.f))
-    return jax.tree.map(lambda d: d[chosen], deltas), jnp.float32(1.0)
-  return _mean_of(deltas, multi_krum_selection(deltas, real, rule.f)), jnp.float32(1.0)
+  total, denominator, _ = aggregate_with_selection(rule, deltas, weights)
+  return total, denominator
 
 
 def aggregate_mean(rule: AggregationRule, deltas, weights):

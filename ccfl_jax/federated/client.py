@@ -3,8 +3,9 @@
 `hospital_update` trains the global model on the hospital's own slices for K local
 optimizer steps and returns its clipped update Δw = w_local - w_global (the paper's
 section on random sub-sampling and distorting; Geyer et al. 2017). A malicious hospital
-(attacks.py) trains on poisoned labels or submits a poisoned update; the server clips
-whatever it receives.
+(attacks.py) trains on poisoned labels or backdoored slices, or submits a poisoned update;
+the server clips whatever it receives. The colluding attacks act after every hospital has
+trained, on the round's stacked updates (engine.py), not here.
 """
 import dataclasses
 import functools
@@ -19,6 +20,7 @@ from ccfl_jax.data import augment as augment_lib
 from ccfl_jax.federated import attacks, privacy
 
 AUGMENT_KEY = 2  # fold_in(hospital key, AUGMENT_KEY) -> the augmentation keys (engine.py)
+BACKDOOR_KEY = 3  # fold_in(hospital key, BACKDOOR_KEY) -> which slices a backdoor poisons
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +101,13 @@ def hospital_update(params, images, labels, count, key, malicious=False, *, clip
 
   `malicious` is a traced flag: honest and malicious hospitals share one trace. The server
   keeps only the trainable part of what it receives (a frozen parameter's entry is zero
-  whatever a hospital sends), then clips.
+  whatever a hospital sends), then clips. A backdoor hospital stamps and relabels a random
+  fraction of its slices, drawn afresh each round, before it trains (so with augmentation
+  on, the trigger is augmented with the slice, as in a poisoned dataset).
   """
+  if attack.kind == "backdoor":  # no key drawn otherwise: other kinds trace as before
+    images, labels = attacks.poison_batch(attack, images, labels, malicious,
+                                          jax.random.fold_in(key, BACKDOOR_KEY))
   labels = attacks.training_labels(attack, labels, malicious)
   local_params, loss = local_training(params, images, labels, count, key, **training)
   delta = jax.tree.map(jnp.subtract, local_params, params)

@@ -3,19 +3,29 @@
 Both return `run_round(state, data, sampled, key, verifiers=None) -> (state, RoundOutput)`
 with the same numbers (same per-hospital keys). A round is
 
-  1. every sampled hospital trains and submits its clipped update (client.py, attacks.py);
+  1. every sampled hospital trains and submits its clipped update (client.py, attacks.py;
+     a backdoor poisons the malicious hospitals' slices before they train); under a
+     colluding attack (attacks.COLLUDING) the malicious hospitals' rows of the stacked
+     clipped updates are then replaced by the crafted update (attacks.collude, from what the
+     colluders know), which the server keeps on the trainable parameters and clips to S
+     like any update it receives; its norm before that clip is the one reported;
   2. with a consensus rule: its local model, global params + clipped Δw, is evaluated on the
      validation batch of each of the round's verifiers and on its own (eq. 14,
      cross_evaluation.py), scored by eq. 15 and, with the rule's update checks, its submitted
      norm and its cosine with the coordinate-wise median update are measured; the update is
      accepted or rejected (ledger/consensus.py);
-  3. the accepted clipped updates are summed, noised and averaged over the number accepted
-     (privacy.noisy_mean, eq. 5) and the server steps.
+  3. the aggregation rule (aggregation.py; settings.aggregation) combines the accepted
+     clipped updates alone (rejected ones weigh 0): the default, mean, sums them, noises the
+     sum and divides by the number accepted (privacy.noisy_mean, eq. 5); a robust rule
+     noises its own total (aggregation.aggregate: sensitivity 2S too) and divides by its
+     own denominator. The server steps.
 
 The compiled engine runs all of it inside ONE jitted function: hospitals sharded over a 1-D
 device mesh with `shard_map` and mapped within a device by `vmap` or unrolled in the trace
 (each device evaluates its own hospitals' models on every verifier's batch); the vote, on
-the gathered [m, v] MAE matrix, and the weighted sum follow in the same jit. The sequential
+the gathered [m, v] MAE matrix, and the weighted sum follow in the same jit. A colluding
+attack splits the shard_map in two, training, then (after the crafted rows are in)
+cross-evaluation, since the vote must judge what the colluders submit. The sequential
 engine is the usual federated-learning loop, one dispatch per hospital, kept to check and
 measure the first.
 
@@ -26,6 +36,9 @@ a resumed run, either engine and any device count draw the same numbers):
   hospital_key(h) = fold_in(fold_in(round_key, 0), h)   h's local randomness (client.py):
       its local batches: hospital_key(h) itself (client.local_batches);
       a malicious h's poisoned update: fold_in(hospital_key(h), 1) (attacks.py);
+      a backdoor hospital's poisoned slices: fold_in(hospital_key(h), 3), slot i of its
+          padded slice array poisoned iff uniform(that, [capacity])[i] < poison_fraction
+          (client.BACKDOOR_KEY, attacks.poison_batch);
       augmentation at local step k: fold_in(fold_in(hospital_key(h), 2), k), image b of the
           batch split(that, B)[b] (data/augment.py);
   the server's DP noise: fold_in(round_key, 1) (privacy.noisy_mean);
@@ -33,7 +46,8 @@ a resumed run, either engine and any device count draw the same numbers):
   the model's initial parameters: key(config.seed) (builders.initial_state); the data, the
   partition and the sampling draw from numpy generators seeded by config.seed (and the round).
 
-None depends on the device count or the engine.
+None depends on the device count or the engine. The colluding attacks and the robust
+aggregation rules draw no randomness.
 
 Frozen parameters (`settings.trainable`, a pretrained backbone's frozen part): both
 optimizers leave them alone (server.only_trainable), each hospital's submitted update is
@@ -51,7 +65,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ccfl_jax import tree_util
 from ccfl_jax.data import augment as augment_lib
-from ccfl_jax.federated import attacks, client, cross_evaluation, mesh as mesh_lib, privacy, server
+from ccfl_jax.federated import (aggregation as aggregation_lib, attacks, client, cross_evaluation,
+                                mesh as mesh_lib, privacy, server)
 from ccfl_jax.ledger import consensus as consensus_lib
 
 H = mesh_lib.HOSPITAL_AXIS
@@ -64,7 +79,9 @@ class RoundOutput(NamedTuple):
 
   mae [m, v], self_mae, vote_scores are None without a consensus rule; cosines (with the
   coordinate-wise median update) None unless the rule's direction check is on; updates (the
-  clipped submitted updates, leading axis m) are None unless settings.return_updates.
+  clipped submitted updates, leading axis m) are None unless settings.return_updates;
+  aggregated (bool: the accepted updates the aggregation rule's result is made of, all of
+  them but under krum / multi_krum) is None under the mean (every accepted update).
   """
   local_loss: Any
   update_norm: Any  # of the submitted update, before clipping
@@ -75,6 +92,7 @@ class RoundOutput(NamedTuple):
   vote_scores: Any = None
   updates: Any = None
   cosines: Any = None
+  aggregated: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +111,7 @@ class RoundSettings:
   return_updates: bool = False
   trainable: Any = None  # params-shaped tree of Python bools (None: all train); models.trainable_mask
   augment: augment_lib.AugmentSettings = augment_lib.AugmentSettings()
+  aggregation: aggregation_lib.AggregationRule = aggregation_lib.AggregationRule()
 
   @property
   def local(self) -> client.LocalSettings:
@@ -134,21 +153,61 @@ def hospital_keys(round_key, hospital_ids):
   return jax.vmap(jax.random.fold_in, (None, 0))(local_key, hospital_ids)
 
 
-def _hospital_round(s: RoundSettings):
-  """fn(RoundShared, HospitalInputs) -> (clipped update, HospitalStats): one sampled
-  hospital's part of the round."""
+def _hospital_training(s: RoundSettings):
+  """fn(RoundShared, HospitalInputs) -> (clipped update, HospitalStats without MAEs)."""
   update = client.make_hospital_update(s.local)
 
   def fn(shared: RoundShared, hospital: HospitalInputs):
     delta, norm, loss = update(shared.params, hospital.images, hospital.labels, hospital.count,
                                hospital.key, hospital.malicious)
-    if s.consensus is None:
-      return delta, HospitalStats(norm, loss)
-    mae, self_mae = cross_evaluation.cross_evaluate(s.model, shared.params, delta,
-                                                    *hospital.own_batch, *shared.verifier_batches)
-    return delta, HospitalStats(norm, loss, mae, self_mae)
+    return delta, HospitalStats(norm, loss)
 
   return fn
+
+
+def _hospital_evaluation(s: RoundSettings):
+  """fn(RoundShared, (clipped update, own batch)) -> (mae [v], self_mae): eq. 14 for the
+  local model global params + update."""
+
+  def fn(shared: RoundShared, submitted):
+    delta, own_batch = submitted
+    return cross_evaluation.cross_evaluate(s.model, shared.params, delta, *own_batch,
+                                           *shared.verifier_batches)
+
+  return fn
+
+
+def _hospital_round(s: RoundSettings):
+  """fn(RoundShared, HospitalInputs) -> (clipped update, HospitalStats): one sampled
+  hospital's part of the round, training and (with a consensus rule) cross-evaluation."""
+  train, evaluate = _hospital_training(s), _hospital_evaluation(s)
+
+  def fn(shared: RoundShared, hospital: HospitalInputs):
+    delta, stats = train(shared, hospital)
+    if s.consensus is None:
+      return delta, stats
+    mae, self_mae = evaluate(shared, (delta, hospital.own_batch))
+    return delta, stats._replace(mae=mae, self_mae=self_mae)
+
+  return fn
+
+
+def _colluding(s: RoundSettings) -> bool:
+  return s.attack.kind in attacks.COLLUDING
+
+
+def _collude(deltas, stats: HospitalStats, malicious, weights, s: RoundSettings):
+  """(deltas, stats) with the malicious real rows replaced by the colluders' crafted update
+  (attacks.collude) as the server receives it: its trainable part clipped to S, the norm
+  before that clip as the row's update_norm. Non-finite rows neither inform nor get it."""
+  usable = jnp.where(jnp.isfinite(stats.update_norm), weights, 0.0)
+  crafted = attacks.collude(s.attack, deltas, malicious, usable)
+  clipped, norms = jax.vmap(
+      lambda d: privacy.clip_update(tree_util.keep(d, s.trainable), s.clip_norm))(crafted)
+  attacking = jnp.asarray(malicious, bool) & (usable > 0)
+  rows = lambda leaf: attacking.reshape((-1,) + (1,) * (leaf.ndim - 1))
+  deltas = jax.tree.map(lambda c, d: jnp.where(rows(d), c, d), clipped, deltas)
+  return deltas, stats._replace(update_norm=jnp.where(attacking, norms, stats.update_norm))
 
 
 def _map_hospitals(fn, hospital_axis: str, shared, per_hospital):
@@ -160,13 +219,19 @@ def _map_hospitals(fn, hospital_axis: str, shared, per_hospital):
                           for i in range(count)])
 
 
-def _weighted_sum(deltas, weights):
-  """Σ_i weights[i] deltas[i]; rows of weight 0 are left out, so a non-finite rejected update
-  (0 x NaN = NaN) cannot poison the sum."""
-  def leaf_sum(d):
-    kept = (weights > 0).reshape((-1,) + (1,) * (d.ndim - 1))
-    return jnp.tensordot(weights, jnp.where(kept, d, 0), axes=1)
-  return jax.tree.map(leaf_sum, deltas)
+_weighted_sum = aggregation_lib.weighted_sum  # the mean's Σ w_i Δ_i, NaN-safe (eq. 5)
+
+
+def _aggregate(deltas, weights, s: RoundSettings, mean_sum):
+  """(total, denominator, aggregated) of the accepted updates (weights: 0 for padding and
+  rejected ones). The mean: `mean_sum` (the compiled engine's sum under shard_map), None,
+  None (it divides by the number accepted, every accepted update counts); a robust rule reads
+  all the rows at once (aggregation.aggregate_with_selection)."""
+  if s.aggregation.name == "mean":
+    return mean_sum(deltas, weights), None, None
+  total, denominator, used = aggregation_lib.aggregate_with_selection(s.aggregation, deltas,
+                                                                      weights)
+  return total, denominator, used
 
 
 def _vote(deltas, stats, weights, rule: consensus_lib.ConsensusRule | None):
@@ -188,19 +253,22 @@ def _vote(deltas, stats, weights, rule: consensus_lib.ConsensusRule | None):
   return accepted & real, scores, cosines
 
 
-def _finish_round(state, clipped_sum, num_accepted, round_key, s: RoundSettings):
-  """The server step on the noisy mean; a round with no accepted update leaves the global
-  model as it was (the loop then stops with an error rather than divide by zero)."""
-  mean_update = privacy.noisy_mean(clipped_sum, num_accepted, jax.random.fold_in(round_key, 1),
+def _finish_round(state, total, denominator, num_accepted, round_key, s: RoundSettings):
+  """The server step on (total + noise) / denominator (None: num_accepted, eq. 5's mean of
+  the clipped updates); a round with no accepted update leaves the global model as it was
+  (the loop then stops with an error rather than divide by zero)."""
+  denominator = num_accepted if denominator is None else denominator
+  mean_update = privacy.noisy_mean(total, denominator, jax.random.fold_in(round_key, 1),
                                    s.noise_multiplier, s.clip_norm, s.trainable)
   stepped = server.apply_update(state, mean_update, s.server_optimizer)
   return jax.tree.map(lambda new, old: jnp.where(num_accepted > 0, new, old), stepped, state)
 
 
 def _round_output(deltas, stats: HospitalStats, accepted, malicious, scores, cosines,
-                  s: RoundSettings) -> RoundOutput:
+                  aggregated, s: RoundSettings) -> RoundOutput:
   return RoundOutput(stats.local_loss, stats.update_norm, accepted, malicious, stats.mae,
-                     stats.self_mae, scores, deltas if s.return_updates else None, cosines)
+                     stats.self_mae, scores, deltas if s.return_updates else None, cosines,
+                     aggregated)
 
 
 def _validation_batches(data, sampled, verifiers, round_key, s: RoundSettings):
@@ -218,20 +286,39 @@ def _check_verifiers(settings: RoundSettings, verifiers):
 
 def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
   """The whole round — training, cross-evaluation, vote, noise, aggregation, server step — one jit."""
-  hospital_fn = _hospital_round(settings)
   num_devices = mesh.devices.size
 
-  def train_and_cross_evaluate(params, per_hospital, verifier_batches):
-    # Replicated params would make grad return a gradient summed over devices (NOTES-jax.md):
-    # mark them device-varying so every hospital differentiates its own copy.
-    params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, H, to="varying"), params)
-    return _map_hospitals(hospital_fn, hospital_axis, RoundShared(params, verifier_batches),
-                          per_hospital)
+  def sharded(hospital_fn):
+    """hospital_fn over the hospitals, sharded over the mesh: (params, per_hospital,
+    verifier_batches) -> its results stacked on the hospital axis."""
 
-  sharded_hospitals = jax.shard_map(train_and_cross_evaluate, mesh=mesh,
-                                    in_specs=(P(), P(H), P()), out_specs=(P(H), P(H)))
+    def on_device(params, per_hospital, verifier_batches):
+      # Replicated params would make grad return a gradient summed over devices (NOTES-jax.md):
+      # mark them device-varying so every hospital differentiates its own copy.
+      params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, H, to="varying"), params)
+      return _map_hospitals(hospital_fn, hospital_axis, RoundShared(params, verifier_batches),
+                            per_hospital)
+
+    return jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(H), P()),
+                         out_specs=(P(H), P(H)))
+
+  sharded_hospitals = sharded(_hospital_round(settings))
+  sharded_training = sharded(_hospital_training(settings))
+  sharded_evaluation = sharded(_hospital_evaluation(settings))
   sharded_sum = jax.shard_map(lambda deltas, weights: jax.lax.psum(_weighted_sum(deltas, weights), H),
                               mesh=mesh, in_specs=(P(H), P(H)), out_specs=P())
+
+  def hospitals_round(params, per_hospital, verifier_batches, weights):
+    if not _colluding(settings):
+      return sharded_hospitals(params, per_hospital, verifier_batches)
+    # The vote judges what the colluders submit: train, craft, then cross-evaluate.
+    deltas, stats = sharded_training(params, per_hospital, verifier_batches)
+    deltas, stats = _collude(deltas, stats, per_hospital.malicious, weights, settings)
+    if settings.consensus is None:
+      return deltas, stats
+    mae, self_mae = sharded_evaluation(params, (deltas, per_hospital.own_batch),
+                                       verifier_batches)
+    return deltas, stats._replace(mae=mae, self_mae=self_mae)
 
   @functools.partial(jax.jit, static_argnames="num_sampled")
   def step(state, data, sampled, weights, verifiers, round_key, num_sampled):
@@ -241,12 +328,15 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     per_hospital = HospitalInputs(data.images[sampled], data.labels[sampled],
                                   data.counts[sampled], hospital_keys(round_key, sampled),
                                   malicious, own_batches)
-    deltas, stats = sharded_hospitals(state.params, per_hospital, verifier_batches)
+    deltas, stats = hospitals_round(state.params, per_hospital, verifier_batches, weights)
     accepted, scores, cosines = _vote(deltas, stats, weights, settings.consensus)
     aggregate_weights = weights * accepted
-    clipped_sum = sharded_sum(deltas, aggregate_weights)
-    state = _finish_round(state, clipped_sum, jnp.sum(aggregate_weights), round_key, settings)
-    out = _round_output(deltas, stats, accepted, malicious, scores, cosines, settings)
+    total, denominator, aggregated = _aggregate(deltas, aggregate_weights, settings,
+                                                sharded_sum)
+    num_accepted = jnp.sum(aggregate_weights)
+    state = _finish_round(state, total, denominator, num_accepted, round_key, settings)
+    out = _round_output(deltas, stats, accepted, malicious, scores, cosines, aggregated,
+                        settings)
     # Padding dropped inside the jit: slicing outside costs one dispatch per output.
     return state, jax.tree.map(lambda a: a[:num_sampled], out)
 
@@ -263,9 +353,19 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
 
 
 def sequential_round(settings: RoundSettings):
-  """The usual federated loop: one jitted dispatch per hospital, then a jitted server step."""
-  hospital_step = jax.jit(_hospital_round(settings))
+  """The usual federated loop: one jitted dispatch per hospital, then a jitted server step
+  (under a colluding attack: per hospital training, the colluders' crafting over the stacked
+  updates, per hospital cross-evaluation, then the server step)."""
+  colluding = _colluding(settings)
+  hospital_step = jax.jit(_hospital_training(settings) if colluding
+                          else _hospital_round(settings))
+  evaluation_step = jax.jit(_hospital_evaluation(settings))
   validation_batch = jax.jit(cross_evaluation.validation_batch, static_argnames="size")
+
+  @jax.jit
+  def collude(deltas, stats, malicious):
+    deltas, stats = tree_util.stack(deltas), tree_util.stack(stats)
+    return _collude(deltas, stats, malicious, jnp.ones(len(malicious), jnp.float32), settings)
 
   @jax.jit
   def finish(state, deltas, stats, malicious, round_key):
@@ -273,9 +373,12 @@ def sequential_round(settings: RoundSettings):
     accepted, scores, cosines = _vote(deltas, stats, jnp.ones(len(malicious), jnp.float32),
                                       settings.consensus)
     aggregate_weights = accepted.astype(jnp.float32)
-    clipped_sum = _weighted_sum(deltas, aggregate_weights)
-    state = _finish_round(state, clipped_sum, jnp.sum(aggregate_weights), round_key, settings)
-    return state, _round_output(deltas, stats, accepted, malicious, scores, cosines, settings)
+    total, denominator, aggregated = _aggregate(deltas, aggregate_weights, settings,
+                                                _weighted_sum)
+    num_accepted = jnp.sum(aggregate_weights)
+    state = _finish_round(state, total, denominator, num_accepted, round_key, settings)
+    return state, _round_output(deltas, stats, accepted, malicious, scores, cosines, aggregated,
+                                settings)
 
   def batches_of(data, hospitals, round_key):
     keys = cross_evaluation.validation_keys(round_key, jnp.asarray(hospitals, jnp.int32))
@@ -292,14 +395,21 @@ def sequential_round(settings: RoundSettings):
     if settings.consensus is not None:
       own_batches = batches_of(data, sampled, round_key)
       verifier_batches = tree_util.stack(batches_of(data, verifiers, round_key))
+    shared = RoundShared(state.params, verifier_batches)
     deltas, stats = [], []
     for i, h in enumerate(sampled):
       delta, hospital_stats = hospital_step(
-          RoundShared(state.params, verifier_batches),
-          HospitalInputs(data.images[h], data.labels[h], data.counts[h], keys[i], malicious[i],
-                         own_batches[i]))
+          shared, HospitalInputs(data.images[h], data.labels[h], data.counts[h], keys[i],
+                                 malicious[i], own_batches[i]))
       deltas.append(delta)
       stats.append(hospital_stats)
+    if colluding:
+      stacked_deltas, stacked_stats = collude(deltas, stats, malicious)
+      deltas, stats = tree_util.unstack(stacked_deltas), tree_util.unstack(stacked_stats)
+      if settings.consensus is not None:
+        stats = [hospital_stats._replace(**dict(zip(
+            ("mae", "self_mae"), evaluation_step(shared, (deltas[i], own_batches[i])))))
+                 for i, hospital_stats in enumerate(stats)]
     return finish(state, deltas, stats, malicious, round_key)
 
   return run_round
