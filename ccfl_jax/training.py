@@ -140,7 +140,8 @@ def robustness_summary(config, records: list[dict]) -> dict:
   of the last LAST_ROUNDS rounds)."""
   rule, p = builders.aggregation_rule(config), config.privacy
   summary = dict(aggregation=dict(
-      rule.to_json(), privacy=aggregation.check_privacy_compatible(rule, p.noise_multiplier),
+      config.aggregation.to_dict(),
+      privacy=aggregation.check_privacy_compatible(rule, p.noise_multiplier),
       noise_std_on_update=aggregation.noise_on_update(rule, config.hospitals_per_round,
                                                       p.noise_multiplier, p.clip_norm)))
   if records and "aggregated" in records[-1]:
