@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from ccfl_jax import evaluate, inference, predict, reporting, training
+from ccfl_jax import evaluate, inference, metrics, predict, reporting, training
 from ccfl_jax.configuration import default_config
 from ccfl_jax.data.errors import DataError
 from ccfl_jax.ledger import audit
@@ -60,6 +60,20 @@ def test_evaluate_reports_every_metric(run_dir, image_dataset):
     assert {"precision", "sensitivity", "specificity", "accuracy", "auc",
             "confusion_matrix"} <= set(report[level])
   assert sum(map(sum, report["slice_metrics"]["confusion_matrix"])) == 2
+  assert report["bootstrap"] == dict(resamples=1000, seed=0, resampled="patients",
+                                     interval="percentiles 2.5, 97.5")
+  for level in ("slice_metrics", "patient_metrics"):  # 1 slice per patient: a fixed AUC
+    m = report[level]
+    assert m["auc_ci95"] == [m["auc"], m["auc"]] and 400 < m["auc_ci95_resamples"] < 600
+    assert m["specificity_at_sensitivity_95"] in (0.0, 1.0)  # one negative patient
+    assert 0.0 <= m["threshold_at_sensitivity_95"] <= 1.0
+  text = evaluate.format_report(report)
+  assert "AUC 95% CI [" in text and "patient resamples with both classes, seed 0" in text
+  assert "at sensitivity >= 0.95 (threshold " in text
+  off = evaluate.evaluate_run(run_dir, f"image_folder:{image_dataset}", split="val",
+                              bootstrap=metrics.Bootstrap(resamples=0))
+  assert off["patient_metrics"]["auc_ci95"] is None
+  assert "AUC 95% CI none (--bootstrap=0)" in evaluate.format_report(off)
   assert report["preprocessing"]["image_size"] == 16
   assert "round1" in str(evaluate.default_output_path(run_dir, report))
   written = json.loads(reporting.json_text(report), parse_constant=_refuse)  # what main writes
