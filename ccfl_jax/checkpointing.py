@@ -69,8 +69,13 @@ def restore(manager: ocp.CheckpointManager, template_state, seed: int, step: int
   return server.ServerState(tree["params"], tree["opt_state"]), int(tree["round"]), history
 
 
+def config_text(config) -> str:
+  """What config.json holds (and the ledger records the sha256 of)."""
+  return config.to_json(indent=2, sort_keys=True)
+
+
 def write_config(run_dir, config) -> None:
-  write_atomically(pathlib.Path(run_dir) / "config.json", config.to_json(indent=2, sort_keys=True))
+  write_atomically(pathlib.Path(run_dir) / "config.json", config_text(config))
 
 
 def read_config(run_dir) -> ml_collections.ConfigDict:

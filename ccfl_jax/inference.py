@@ -15,6 +15,7 @@ Importing this module loads JAX and the models, never the training loop or the l
 """
 import functools
 import math
+import pathlib
 from typing import NamedTuple
 
 import jax
@@ -36,7 +37,10 @@ class LoadedRun(NamedTuple):
 def checkpoint_round(run_dir, round_=None) -> int:
   """`round_` if `<run_dir>/checkpoints/<round_>` exists, else FileNotFoundError naming those
   present; with round_=None the latest."""
-  saved = sorted(checkpointing.checkpoint_manager(run_dir).all_steps())
+  if not (pathlib.Path(run_dir) / "checkpoints").is_dir():  # orbax's manager would create it
+    saved = []
+  else:
+    saved = sorted(checkpointing.checkpoint_manager(run_dir).all_steps())
   if not saved:
     raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to load (train the run "
                             "first: python -m ccfl_jax.main --config=...)")

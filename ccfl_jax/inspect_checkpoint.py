@@ -160,7 +160,7 @@ def cli() -> None:
   define_flags()
   flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: no JAX/orbax INFO lines
   command_line.describe_as_main(__name__)
-  app.run(_app_main)
+  command_line.run(_app_main)
 
 
 if __name__ == "__main__":

@@ -54,17 +54,75 @@ def _configure_logging(verbose: bool) -> None:
     logger.propagate = False
 
 
+def _config_argument(argv) -> str:
+  """The `--config=PATH` as given, for messages."""
+  given = [a for a in argv[1:] if a.startswith("--config=") or a == "--config"]
+  return given[-1] if given else "--config"
+
+
+def _debug_requested(argv) -> bool:
+  """--debug among the arguments (flags are not parsed yet when parsing fails)."""
+  return any(a in ("--debug", "--debug=true", "--debug=True", "--debug=1") for a in argv[1:])
+
+
 def parse_flags(argv):
-  """absl flag parsing, with a bad `--config.x=y` override reported in one line."""
+  """absl flag parsing, with a bad `--config.x=y` override or a config file that does not
+  load (a syntax error, an exception in its get_config) reported in one line, exit 2."""
   try:
     return flags.FLAGS(argv)
+  except OSError as error:  # a missing config file, deferred by ml_collections to first use
+    if _debug_requested(argv):
+      raise
+    command_line.usage_error(f"{_config_argument(argv)}: {_load_failure(error)}")
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    if _debug_requested(argv):
+      raise
+    if isinstance(error, AttributeError) and "attribute 'get_config'" in str(error):
+      command_line.usage_error(f"{_config_argument(argv)}: cannot load the config file: it "
+                               "defines no get_config()")
+    if isinstance(error, flags.UnrecognizedFlagError):
+      command_line.usage_error(error)
     override = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
                      and a.split("=")[0].rsplit(".", 1)[-1] in str(error)), "--config")
-    message = (str(error).replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
-               .strip("'\""))
-    print(f"error: {override}: {message}", file=sys.stderr)
-    sys.exit(2)
+    message = str(error)
+    if isinstance(error, (KeyError, AttributeError)):  # str() of a KeyError is its repr
+      message = message.strip("'\"")
+      if message == override.rsplit(".", 1)[-1]:
+        message = "no such config field (`python -m ccfl_jax.main list` lists them)"
+    if "Error whilst parsing config file" in message:
+      # ml_collections puts get_config's whole traceback in the message: keep its last line.
+      lines = [line for line in message.replace("\\n", "\n").splitlines() if line.strip()]
+      message = f"{lines[0].split(': Error whilst')[0]}: error in the config file: {lines[-1]}"
+    message = message.replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+    command_line.usage_error(f"{override}: {message}")
+  except Exception as error:  # the config file's own code failed: SyntaxError, NameError, ...
+    if _debug_requested(argv):
+      raise
+    command_line.usage_error(f"{_config_argument(argv)}: {_load_failure(error)}")
+
+
+def _load_failure(error: Exception) -> str:
+  """Why the config file did not load, in one line."""
+  if isinstance(error, OSError):  # ml_collections: the attempted paths, the OS's reason last
+    cause = str(error.__cause__ or error)
+    return "cannot load the config file: " + [
+        line.strip() for line in cause.splitlines() if line.strip()][-1]
+  return f"cannot load the config file: {type(error).__name__}: {error}"
+
+
+def loaded_config():
+  """The parsed config; a config file that is missing or unreadable as a `UsageError`
+  (ml_collections defers that error to the config's first use)."""
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config=configs/<experiment>.py is required (or its get_config() "
+                         "returned None)")
+  try:
+    config.run_name
+  except OSError as error:
+    raise app.UsageError(f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}: "
+                         f"{_load_failure(error)}") from None
+  return config
 
 
 def main(argv):
@@ -74,9 +132,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (the only command is "
                          "`list`)")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config=configs/<experiment>.py is required")
+  config = loaded_config()
   # orbax and JAX log every step at INFO, and orbax logs at ERROR, with its traceback, a
   # failure it then raises (a full disk: ~90 lines) that train reports in one line.
   logging.set_verbosity(logging.WARNING if _VERBOSE.value else logging.FATAL)
@@ -100,10 +156,11 @@ def train(config, run_dir) -> None:
   # first progress line has told the user the run started.
   from ccfl_jax import files, recorder, training
   from ccfl_jax.data.errors import DataError
+  from ccfl_jax.ledger import run_ledger
   try:
     training.train_and_evaluate(config, run_dir)  # validates the config first
   except (configuration.ConfigError, DataError, recorder.IncompatibleRun,
-          training.NoUpdateAccepted, files.OutputError) as error:
+          training.NoUpdateAccepted, files.OutputError, *run_ledger.RESUME_ERRORS) as error:
     if _DEBUG.value:
       raise
     print(f"error: {error}", file=sys.stderr)
@@ -118,7 +175,7 @@ def train(config, run_dir) -> None:
 def cli() -> None:
   """`ccfl-train` / `python -m ccfl_jax.main`."""
   command_line.describe_as_main(__name__)
-  app.run(main, flags_parser=parse_flags)
+  command_line.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from ccfl_jax import audited, command_line, inference, models, reporting
+from ccfl_jax import audited, checkpointing, command_line, inference, models, reporting
 from ccfl_jax.data import dicom, image_folder
 from ccfl_jax.data.errors import ON_BAD_FILE_CHOICES, BadFilePolicy, DataError
 from ccfl_jax.files import write_atomically
@@ -110,12 +110,16 @@ def run_predictions(run_dir, paths, round_=None, threshold: float = 0.5,
   """(slice rows, patient rows, about) for `paths` with the run's model and preprocessing
   (the checkpoint verified against the run's ledger unless verify=False)."""
   inference.check_decision_rule(threshold, top_fraction)
-  config, params, rounds_done = audited.load_run(run_dir, round_, verify)
-  preprocessing = dicom.preprocessing_params(config.dataset)
+  # The inputs first (a mistyped path fails before the model is verified and restored),
+  # preprocessed by the run's config.json, which load_run then checks against the ledger.
+  preprocessing = dicom.preprocessing_params(checkpointing.read_config(run_dir).dataset)
   policy = BadFilePolicy(on_bad_file)
   inputs = [s for path in paths for s in read_inputs(path, preprocessing, policy)]
   if not inputs:
     raise DataError(", ".join(map(str, paths)), "no readable slices to predict")
+  config, params, rounds_done = audited.load_run(run_dir, round_, verify)
+  if dicom.preprocessing_params(config.dataset) != preprocessing:  # config.json just replaced
+    raise DataError(run_dir, "config.json changed while predicting; run predict again")
   probabilities = inference.covid_probabilities(models.from_config(config), params,
                                                 np.stack([s.image for s in inputs]),
                                                 config.eval_batch_size)
@@ -189,7 +193,7 @@ def cli():
     main(argv)
 
   command_line.describe_as_main(__name__)
-  app.run(with_positional_paths)
+  command_line.run(with_positional_paths)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,15 @@ def check_compatible(run_dir: pathlib.Path, config) -> None:
   """Refuses (before anything is written) to resume a run folder made with another config."""
   if not (run_dir / "config.json").exists():
     return
-  stored = json.loads((run_dir / "config.json").read_text())
+  try:
+    stored = json.loads((run_dir / "config.json").read_text())
+  except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+    raise IncompatibleRun(f"{run_dir / 'config.json'}: unreadable ({error}), so a rerun cannot "
+                          "be checked against this run; restore it, or start a new run with "
+                          "--config.run_name=<new name>") from None
+  if not isinstance(stored, dict):
+    raise IncompatibleRun(f"{run_dir / 'config.json'}: not a config (a JSON object expected); "
+                          "restore it, or start a new run with --config.run_name=<new name>")
   differences = config_differences(stored, json.loads(config.to_json()))
   if differences and not config.get("resume_force", False):
     raise IncompatibleRun(
@@ -151,20 +159,21 @@ def _read_metrics(path: pathlib.Path, rounds_done: int) -> list[dict]:
 
 def _open_ledger(config, run_dir: pathlib.Path, manager, registrations):
   """The run's ledger, opened (or reloaded and verified) with the hospitals' data registered,
-  and the orbax step to restore (None: initial model), per run_ledger's resume plan."""
+  and the orbax step to restore (None: initial model), per run_ledger's resume plan. The
+  ledger records the sha256 of the config.json about to be written."""
   if not config.ledger.enabled:
     return None, manager.latest_step()
   fresh = not ledger_store.ledger_dir(run_dir).exists()
   if fresh and manager.latest_step() is not None:
     # Deleting checkpoints nobody vouches for would destroy a run made without a ledger.
-    raise ValueError(f"{run_dir} has checkpoints but no ledger: it was made with "
-                     f"ledger.enabled=False; resume it so, or use another run_name")
+    raise IncompatibleRun(f"{run_dir} has checkpoints but no ledger: it was made with "
+                          "ledger.enabled=False; resume it so, or use another run_name")
   c = config.ledger
   run = run_ledger.open_run_ledger(
       run_dir, config.seed, config.num_hospitals, difficulty=c.difficulty,
       num_verifiers=c.num_verifiers, consensus=ConsensusRule(**c.consensus.to_dict()),
       keys=c.key_source, keystore=c.keystore or None,
-      config_sha256=run_ledger.text_sha256((run_dir / "config.json").read_text()))
+      config_sha256=run_ledger.text_sha256(checkpointing.config_text(config)))
   run = run_ledger.register_data(run, registrations)
   plan = run_ledger.plan_resume(run, run_dir / "checkpoints")
   for step in plan.unrecorded_steps:  # written just before a crash, never recorded
@@ -187,13 +196,14 @@ class RunRecorder:
 
   @classmethod
   def open(cls, config, run_dir, registrations) -> "RunRecorder":
-    """Checks a rerun is compatible, then writes config.json, opens the checkpoints and the
-    ledger and plans the resume."""
+    """Checks a rerun is compatible, opens the checkpoints and the ledger and plans the
+    resume, then writes config.json: a rerun the ledger refuses (tampered, another run's,
+    keys missing) leaves the folder's config.json as it was."""
     run_dir = pathlib.Path(run_dir)
     check_compatible(run_dir, config)
-    checkpointing.write_config(run_dir, config)
     manager = checkpointing.checkpoint_manager(run_dir, config.max_checkpoints_to_keep)
     ledger, restore_step = _open_ledger(config, run_dir, manager, registrations)
+    checkpointing.write_config(run_dir, config)
     return cls(config, run_dir, manager, ledger, restore_step)
 
   @property

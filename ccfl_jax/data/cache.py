@@ -23,13 +23,15 @@ from typing import Callable, Iterable
 import numpy as np
 from absl import app, flags
 
+from ccfl_jax import command_line
 from ccfl_jax.data.errors import SkippedFile
 from ccfl_jax.data.real_slices import RealSlices
 from ccfl_jax.files import write_atomically
 
 # Bump when the preprocessing code changes what it produces for the same parameters.
 # 2: entries carry the loader's data-quality warnings (older entries have none to report).
-CACHE_FORMAT_VERSION = 2
+# 3: slices with NaN/Inf pixels are refused (an older entry could hold them).
+CACHE_FORMAT_VERSION = 3
 _READ_CHUNK = 1 << 20
 _RACY_WINDOW_NS = 2_000_000_000
 
@@ -163,7 +165,11 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cache_dir = flags.FLAGS.cache_dir
-  folder = cache_root(cache_dir) / "slices"
+  root = cache_root(cache_dir)
+  if root.exists() and not root.is_dir():
+    raise app.UsageError(f"--cache_dir={cache_dir}: {root} is not a folder (expected the cache "
+                         "folder, as config.dataset.cache_dir)")
+  folder = root / "slices"
   if flags.FLAGS.clear:
     print(f"cleared {clear(cache_dir)}")
     return
@@ -179,7 +185,7 @@ def cli() -> None:
                     "show the cache's folder, entry count and size).")
   flags.DEFINE_string("cache_dir", "", "The cache folder, as config.dataset.cache_dir; '' = "
                       "$XDG_CACHE_HOME/ccfl_jax (default ~/.cache/ccfl_jax).")
-  app.run(main)
+  command_line.run(main)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ for Enhanced CT multi-frame files, from the per-frame or shared functional group
 
 Data-quality rules (`ccfl_jax.data.image_checks`): a file whose header claims more than 2**28
 pixels per frame (Rows x Columns) or 2**31 in all its frames is a bad file, refused before
-decoding. Warned, in `RealSlices.warnings`: a series (same SeriesInstanceUID, or the same folder
-without one) whose slices differ in size, once per series; slices below 32 pixels on a side,
-once per load (count and first file). Sizes are checked as stored, before resizing.
+decoding; so is a slice with NaN or Inf inside the field of view after RescaleSlope/Intercept
+(float pixel data, a NaN slope, a float32 overflow). Warned, in `RealSlices.warnings`: a
+series (same SeriesInstanceUID, or the same folder without one) whose slices differ in size,
+once per series; slices below 32 pixels on a side, once per load (count and first file). Sizes are checked as stored, before resizing.
 """
 import contextlib
 import dataclasses
@@ -41,6 +42,7 @@ from ccfl_jax.data.real_slices import RealSlices
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 NOT_SERIES_FILES = (LABELS_FILE, "DICOMDIR")
+PIXEL_DATA_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 COVID_FOLDER_NAMES = ("covid", "covid19", "positive")
 NON_COVID_FOLDER_NAMES = ("noncovid", "noncovid19", "negative", "normal")
 
@@ -181,7 +183,7 @@ def read_dataset(path) -> pydicom.Dataset:
   except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
     raise DataError(path, f"corrupt or truncated DICOM file ({type(error).__name__}: {error})") \
         from error
-  if "PixelData" not in dataset:
+  if not any(name in dataset for name in PIXEL_DATA_ELEMENTS):
     raise DataError(path, "DICOM file has no pixel data (missing, or the file is truncated)")
   problem = _claimed_size_problem(dataset)
   if problem:
@@ -216,6 +218,11 @@ def read_dicom_file(path, to_image: Callable[[np.ndarray], np.ndarray] = lambda 
   for frame, stored in enumerate(frames):
     slope, intercept = rescale(dataset, frame)
     hu = outside_field_of_view_to_air(stored.astype(np.float32) * slope + intercept)
+    problem = image_checks.non_finite_problem(
+        hu, f"Hounsfield units of frame {frame} (stored x RescaleSlope {slope:g} + "
+        f"RescaleIntercept {intercept:g})")
+    if problem:
+      raise DataError(path, problem)
     thickness = _frame_attribute(dataset, frame, "PixelMeasuresSequence", "SliceThickness")
     slices.append(DicomSlice(
         image=to_image(hu), path=str(path), frame=frame,

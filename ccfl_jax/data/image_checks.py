@@ -13,6 +13,10 @@ Refused (the problem of a `DataError` naming the file, handled per `on_bad_file`
     PIL only warns (`DecompressionBombWarning`) between 1x and 2x that limit and raises
     `DecompressionBombError` above 2x; both are refused the same way here, since no CT slice
     comes near either (512x512 is 0.3% of PIL's default limit).
+  * Non-finite pixels: a float image (a TIFF in mode F) or a DICOM slice whose values after
+    RescaleSlope/RescaleIntercept hold NaN or +-Inf inside the field of view (float pixel data,
+    a NaN slope, a float32 overflow). One NaN pixel makes every prediction on the slice NaN,
+    and in a verifier's data every vote score.
   * DICOM files whose header claims more than `MAX_DICOM_FRAME_PIXELS` (2**28) pixels per frame
     (Rows x Columns, e.g. above 16384x16384) or `MAX_DICOM_FILE_PIXELS` (2**31) in all frames:
     refused before any pixel data is decoded.
@@ -22,6 +26,8 @@ Sizes are written width x height (DICOM: Columns x Rows).
 import collections
 import re
 from typing import Iterable
+
+import numpy as np
 
 MIN_IMAGE_SIDE = 32
 MAX_DICOM_FRAME_PIXELS = 2**28
@@ -96,6 +102,19 @@ def pil_bomb_problem(error: Exception, limit: int) -> str:
 def is_image_bomb(width: int, height: int, limit: int | None) -> bool:
   """PIL's rule (its warning and its error alike): more than `limit` pixels; None = no limit."""
   return limit is not None and max(1, width) * max(1, height) > limit
+
+
+def non_finite_problem(values: np.ndarray, what: str = "pixel values") -> str | None:
+  """Why an image holding NaN or +-Inf is refused, or None when every value is finite."""
+  finite = np.isfinite(values)
+  if finite.all():
+    return None
+  bad = values[~finite]
+  kinds = [name for name, present in (("NaN", np.isnan(bad).any()),
+                                      ("+Inf", (bad == np.inf).any()),
+                                      ("-Inf", (bad == -np.inf).any())) if present]
+  return (f"{bad.size:,} of {values.size:,} {what} are not finite ({', '.join(kinds)}); "
+          f"{EXPECTED_IMAGE} with finite values")
 
 
 def dicom_claimed_size_problem(rows, columns, frames) -> str | None:

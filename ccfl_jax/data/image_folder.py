@@ -7,10 +7,10 @@ each becomes one channel in [0, 1], is resized keeping its aspect ratio so the l
 windowed (they are not Hounsfield units), so the lung window is not applied.
 
 Data-quality rules (`ccfl_jax.data.image_checks`): an image above `PIL.Image.MAX_IMAGE_PIXELS`
-(a possible decompression bomb, whether PIL would warn or refuse) is a bad file, handled per
-`on_bad_file`; images below 32 pixels on a side give one warning per load (count and first
-file), returned as `RealSlices.warnings`. Sizes mixed across images are normal here and not
-warned about.
+(a possible decompression bomb, whether PIL would warn or refuse) or a float image with NaN or
+Inf pixels is a bad file, handled per `on_bad_file`; images below 32 pixels on a side give
+one warning per load (count and first file), returned as `RealSlices.warnings`. Sizes mixed
+across images are normal here and not warned about.
 """
 import warnings
 
@@ -46,8 +46,9 @@ def to_grey(image: Image.Image) -> np.ndarray:
 
 
 def read_grey(path) -> np.ndarray:
-  """One image file -> (H, W) float32 in [0, 1] at its own size; `DataError` if unreadable or
-  a possible decompression bomb (more than `PIL.Image.MAX_IMAGE_PIXELS` pixels)."""
+  """One image file -> (H, W) float32 in [0, 1] at its own size; `DataError` if unreadable, a
+  possible decompression bomb (more than `PIL.Image.MAX_IMAGE_PIXELS` pixels) or holding NaN
+  or Inf pixels."""
   limit = Image.MAX_IMAGE_PIXELS
   try:
     with warnings.catch_warnings():
@@ -58,6 +59,10 @@ def read_grey(path) -> np.ndarray:
       if image_checks.is_image_bomb(image.width, image.height, limit):
         raise DataError(path, image_checks.image_bomb_problem(image.width, image.height, limit))
       image.load()  # decode now, so a truncated file fails here and names itself
+      if image.mode == "F":  # float pixels: NaN/Inf would survive to_grey's scaling
+        problem = image_checks.non_finite_problem(np.asarray(image))
+        if problem:
+          raise DataError(path, problem)
       grey = to_grey(image)
   except DataError:
     raise  # the bomb check above (a ValueError, so not to be rewrapped below)

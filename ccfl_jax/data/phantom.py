@@ -16,6 +16,7 @@ Everything is a pure function of the seed.
 """
 import numpy as np
 
+from ccfl_jax.data.errors import DataError
 from ccfl_jax.data.preprocessing import AIR_HU, field_of_view_mask, preprocess_hu
 from ccfl_jax.data.slices import CTSlices
 
@@ -171,5 +172,9 @@ def make_phantom(seed: int, num_patients: int, slices_per_patient: int, covid_fr
 
 def load(dataset_config, seed: int) -> CTSlices:
   c = dataset_config
+  for field in ("num_patients", "slices_per_patient"):
+    if int(c[field]) < 1:
+      raise DataError("phantom", f"config.dataset.{field} = {c[field]}: expected an integer "
+                      ">= 1 (the phantom makes no patients or slices otherwise)")
   return make_phantom(seed, c.num_patients, c.slices_per_patient, c.covid_fraction,
                       c.image_size, c.window_level, c.window_width)

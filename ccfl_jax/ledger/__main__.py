@@ -14,9 +14,10 @@ rewritten and re-signed with fresh keys, or one whose newest blocks were removed
 only be told apart from the genuine run with those anchors. Exit status: 0 verified (or
 shown), 1 the ledger fails, 2 a usage error or an unreadable run folder / anchor file.
 """
+import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from ccfl_jax import command_line
 from ccfl_jax.ledger import audit
@@ -42,6 +43,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def run(command: str, run_dir: str, flag_values: flags.FlagValues) -> int:
   """One command on one run folder; returns the exit status (messages printed)."""
+  if not pathlib.Path(run_dir).is_dir():
+    print(f"error: {run_dir}: no such run folder", file=sys.stderr)
+    return 2
   try:
     if command == "verify":
       return _verify(run_dir, flag_values)
@@ -65,8 +69,22 @@ def _show(command: str, run_dir: str) -> int:
   return 0
 
 
+def _trusted_keys(path: str | None):
+  """The --trusted_keys file's keys (None without one); ValueError naming the flag."""
+  if not path:
+    return None
+  try:
+    return audit.read_trusted_keys(path)
+  except UnicodeDecodeError:
+    raise ValueError(f"--trusted_keys={path}: not a text file (expected a JSON list of hex "
+                     "public keys or one hex key per line)") from None
+  except OSError as error:
+    raise ValueError(f"--trusted_keys={path}: cannot read it "
+                     f"({error.strerror or error})") from None
+
+
 def _verify(run_dir: str, flag_values: flags.FlagValues) -> int:
-  trusted = audit.read_trusted_keys(flag_values.trusted_keys) if flag_values.trusted_keys else None
+  trusted = _trusted_keys(flag_values.trusted_keys)
   report = audit.verify_run(run_dir, trusted_keys=trusted, head=flag_values.head,
                             min_difficulty=flag_values.min_difficulty)
   print(report.summary())
@@ -95,15 +113,17 @@ def main(argv: list[str]) -> int:
 
 
 def _app_main(argv: list[str]) -> None:
+  # absl logs at INFO until told otherwise, and JAX's backend search (imported for the
+  # accountant) would print "Unable to initialize backend 'tpu'" before the verdict.
+  logging.set_verbosity(logging.WARNING)
   sys.exit(run(*_command_and_run(argv[1:]), flags.FLAGS))
 
 
 def cli() -> None:
   """Command-line entry (absl: --help lists the flags)."""
   define_flags()
-  flags.FLAGS.set_default("verbosity", -1)  # absl WARNING: no JAX backend INFO lines
   command_line.describe_as_main(__name__)
-  app.run(_app_main)
+  command_line.run(_app_main)
 
 
 if __name__ == "__main__":

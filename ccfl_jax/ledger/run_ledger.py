@@ -102,6 +102,11 @@ class RunLedger:
     return tuple(h.node_id for h in self.hospitals)
 
 
+class ResumeRefused(ValueError):
+  """A run folder whose ledger, keys or checkpoints forbid resuming it (another run's ledger,
+  a tampered or missing checkpoint)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundRoles:
   leader: int                 # hospital index
@@ -203,16 +208,16 @@ def _resumed_keys(ledger, run_dir, seed, num_hospitals, keys, keystore):
   state, where = ledger.state, store.ledger_dir(run_dir)
   registered = registered_public_keys(ledger)
   if len(registered) != num_hospitals:
-    raise ValueError(f"{where} registers {len(registered)} hospitals, not {num_hospitals}: "
-                     "a different run?")
+    raise ResumeRefused(f"{where} registers {len(registered)} hospitals, not {num_hospitals}: "
+                        "a different run?")
   if state.key_mode != keys:
-    raise ValueError(f"{where} was made with ledger.key_source={state.key_mode}, not {keys}: a run "
-                     "keeps the keys it started with")
+    raise ResumeRefused(f"{where} was made with ledger.key_source={state.key_mode}, not "
+                        f"{keys}: a run keeps the keys it started with")
   if keys == "derived":
     hospitals = tuple(identity_lib.hospital_identity(seed, h) for h in range(num_hospitals))
     if tuple(h.public_key for h in hospitals) != registered:
-      raise ValueError(f"{where} registers other hospitals than seed {seed} and "
-                       f"{num_hospitals} hospitals give: a different run?")
+      raise ResumeRefused(f"{where} registers other hospitals than seed {seed} and "
+                         f"{num_hospitals} hospitals give: a different run?")
     return hospitals
   folder = (_pem_folder(keystore) if keys == "pem"
             else keystore_lib.run_folder(keystore, state.run_id))
@@ -451,8 +456,10 @@ def recorded_checkpoints(ledger: validate.Ledger) -> dict[str, tuple[int, dict]]
 def plan_resume(run: RunLedger, checkpoint_root) -> ResumePlan:
   """Which checkpoint to restore and what to discard (see module docstring).
 
-  Raises ValueError if a recorded checkpoint's bytes no longer match its block: that is
-  tampering or corruption, not a crash; UnsafePath (a ValueError) if checkpoint_root is not
+  Raises ResumeRefused if a recorded checkpoint's bytes no longer match its block, or the
+  newest recorded checkpoint is gone: that is tampering or corruption, not a crash (a
+  checkpoint is written before the block that records it, and orbax rotates away only older
+  ones); UnsafePath (a ValueError) if checkpoint_root is not
   <run>/checkpoints or a checkpoint folder is, or holds, a symlink.
   """
   root = pathlib.Path(checkpoint_root)
@@ -468,8 +475,21 @@ def plan_resume(run: RunLedger, checkpoint_root) -> ResumePlan:
       continue
     round_index, entry = recorded[path]
     if checkpoint_digest(step_dir)[0] != entry["sha256"]:
-      raise ValueError(f"checkpoint {path} does not match the ledger's block of round "
-                       f"{round_index}: run `python -m ccfl_jax.ledger verify {run.run_dir}`")
+      raise ResumeRefused(f"checkpoint {path} does not match the ledger's block of round "
+                        f"{round_index}: run `python -m ccfl_jax.ledger verify {run.run_dir}`")
     if round_index > best[1]:
       best = (step, round_index)
+  if recorded:
+    newest_path, (newest_round, _) = max(recorded.items(), key=lambda item: item[1][0])
+    if newest_round > best[1]:
+      raise ResumeRefused(
+          f"{run.run_dir / newest_path}: missing, but the ledger's block of round "
+          f"{newest_round} records it (checkpoints are never deleted by a crash): restore it, "
+          f"or start a new run with --config.run_name=<new name>")
   return ResumePlan(best[0], best[1], tuple(unrecorded))
+
+
+# What refuses to resume a run folder (see main.train): its ledger does not verify, is
+# another run's, its keys are not at hand, or a checkpoint is not the one it records.
+RESUME_ERRORS = (ResumeRefused, store.StoreError, validate.LedgerRefusal,
+                 keystore_lib.KeystoreError, UnsafePath)

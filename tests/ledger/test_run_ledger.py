@@ -133,6 +133,19 @@ def test_resume_refuses_a_tampered_checkpoint(tmp_path):
     run_ledger.plan_resume(run, tmp_path / "checkpoints")
 
 
+def test_resume_refuses_when_the_newest_recorded_checkpoint_is_gone(tmp_path):
+  run, manager = open_run(tmp_path), manager_of(tmp_path)
+  for r in range(3):
+    run = record(run, r, save(manager, r))
+  manager.delete(0)  # an older one, as orbax's rotation deletes it: still resumable
+  assert run_ledger.plan_resume(run, tmp_path / "checkpoints").restore_step == 2
+  manager.delete(2)  # the newest a block records: deleted by hand, never by a crash
+  manager.close()
+  with pytest.raises(run_ledger.ResumeRefused, match=r"checkpoints/2: missing, but the "
+                     r"ledger's block of round 2 records it"):
+    run_ledger.plan_resume(run, tmp_path / "checkpoints")
+
+
 def test_update_checks_are_recorded_and_enforced(tmp_path):
   rule = consensus.ConsensusRule(max_norm_ratio=3.0, direction_k=2.0)
   run = open_run(tmp_path, consensus=rule)
