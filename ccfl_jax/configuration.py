@@ -7,6 +7,7 @@ built and raises `ConfigError` naming the field and what was expected.
 import difflib
 import importlib.util
 import inspect
+import math
 import pathlib
 import re
 
@@ -292,8 +293,13 @@ def validate(config) -> None:
   _check(config.num_hospitals >= 1, "num_hospitals", "an integer >= 1", config)
   _check(1 <= config.hospitals_per_round <= config.num_hospitals, "hospitals_per_round",
          f"1 <= m_t <= num_hospitals ({config.num_hospitals})", config)
-  _check(config.privacy.clip_norm > 0, "privacy.clip_norm", "S > 0", config)
-  _check(config.privacy.noise_multiplier >= 0, "privacy.noise_multiplier", "sigma >= 0", config)
+  _check(0 < config.privacy.clip_norm < math.inf, "privacy.clip_norm", "a finite S > 0", config)
+  _check(0 <= config.privacy.noise_multiplier < math.inf, "privacy.noise_multiplier",
+         "a finite sigma >= 0", config)
+  run_name = str(config.run_name)
+  _check(run_name not in ("", ".", "..") and pathlib.PurePath(run_name).name == run_name
+         and "\\" not in run_name, "run_name",
+         "a folder name inside results_dir (no '/', '..' or absolute path)", config)
   _check(0 < config.privacy.delta < 1, "privacy.delta", "0 < delta < 1", config)
   for field in ("num_rounds", "local_steps", "batch_size", "eval_batch_size",
                 "checkpoint_every", "max_checkpoints_to_keep"):

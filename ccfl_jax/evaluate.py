@@ -172,7 +172,7 @@ def cli():
   flags.DEFINE_string("cache_dir", "", "Preprocessing cache for the evaluation data; '' = "
                       "$XDG_CACHE_HOME/ccfl_jax (never the run's own).")
   command_line.describe_as_main(__name__)
-  app.run(main)
+  command_line.run(main)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,9 @@ def test_main_rejects_bad_config_in_one_line(tmp_path, override, field):
     (lambda c: setattr(c.augment, "contrast", 1.5), r"augment.contrast 1.5: must be <= 1"),
     (lambda c: setattr(c.augment, "rotation_degrees", -1.0), "augment.rotation_degrees.*>= 0"),
     (lambda c: c.augment.__setitem__("zoom", 2.0), "augment.zoom: unknown field"),
+    (lambda c: setattr(c.privacy, "clip_norm", float("inf")), "privacy.clip_norm.*finite S"),
+    (lambda c: setattr(c, "run_name", "../elsewhere"), "run_name.*inside results_dir"),
+    (lambda c: setattr(c, "run_name", "/tmp/abs"), "run_name.*inside results_dir"),
     (lambda c: c.local_optimizer.__setitem__("weight_decay", 0.1),
      r"config.local_optimizer: .*weight_decay.* is not a valid optax.adam"),
 ])
