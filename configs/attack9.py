@@ -2,6 +2,9 @@ r"""fed9 with 2 of its 9 hospitals poisoning their updates, under the ledger's v
 
   python -m ccfl_jax.main --config=configs/attack9.py --config.attack.kind=scale
   python tools/attacks.py    # no attack, sign_flip, scale x10, sign_flip without the vote
+  python -m ccfl_jax.main --config=configs/attack9.py --config.attack.kind=min_max \
+      --config.aggregation.rule=multi_krum --config.aggregation.f=2
+  python tools/robustness.py   # attacks (alie, ipm, min_max, min_sum, backdoor, ...) x defences
 
 fed9's data, model, optimizers, privacy and 40 rounds (configs/fed9.py): about 2 minutes per
 run on an idle 2-core CPU. Hospitals 0 and 1 are malicious (federated/attacks.py). The vote ignores
@@ -11,7 +14,9 @@ validation batches and cannot talk its own score down; eq. 15 rejects above medi
 sign-flipped updates (results/attacks.md), so the update checks of ledger/consensus.py are
 on: direction (cosine with the coordinate-wise median update below median - 2.5 MAD and
 below 0.2) and magnitude (submitted norm above 3x the round's median). Results:
-results/attacks.md.
+results/attacks.md. The colluding attacks (config.attack.kind alie | ipm | min_max | min_sum),
+the backdoor and the robust aggregation rules (config.aggregation.rule) run on this config
+too; tools/robustness.py runs it small (16 px, 15 rounds) against each: results/robustness.md.
 """
 import pathlib
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ccfl_jax import builders, configuration, inference, training
+from ccfl_jax import builders, configuration, training
 from ccfl_jax.data import hospitals
 from ccfl_jax.federated import (aggregation, attacks, client, cross_evaluation, engine,
                                 mesh as mesh_lib, privacy, server)
