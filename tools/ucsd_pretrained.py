@@ -145,13 +145,13 @@ def volume_lines(volumes: list[dict] | None) -> list[str]:
   return lines
 
 
-def mean_sd(values) -> str:
+def mean_sd(values, digits: int = 3) -> str:
   values = [v for v in values if v is not None and v == v]
   if not values:
     return "undefined"
   if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f"{values[0]:.{digits}f}"
+  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def _ci_text(cis) -> str:
@@ -187,7 +187,7 @@ def markdown(records: list[dict], seeds: list[int], volumes: list[dict] | None =
                  f" | {_ci_text([r['slice_auc_ci'] for r in rows])}"
                  f" | {_ci_text([r['patient_auc_ci'] for r in rows])}"
                  f" | {_epsilon_text([r['epsilon'] for r in rows])}"
-                 f" | {mean_sd([r['wall_seconds'] for r in rows])} |")
+                 f" | {mean_sd([r['wall_seconds'] for r in rows], 0)} |")
   lines += ["", "## Targets (issue 10)", ""] + target_lines(records)
   lines += volume_lines(volumes)
   lines += ["", "Per run:", "", "| recipe | seed | slice AUC | patient AUC | wall time (s) |",
