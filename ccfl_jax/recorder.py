@@ -21,7 +21,7 @@ import pathlib
 import jax
 import numpy as np
 
-from ccfl_jax import checkpointing, files, reporting, tree_util
+from ccfl_jax import checkpointing, configuration, files, reporting, tree_util
 from ccfl_jax.ledger import consensus, run_ledger, store as ledger_store
 from ccfl_jax.ledger.consensus import ConsensusRule
 from ccfl_jax.ledger.digests import update_digest
@@ -49,9 +49,15 @@ def _flat(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def config_differences(stored: dict, config: dict) -> list[str]:
-  """'field: stored -> new' for every field that differs and would change results."""
+def config_differences(stored: dict, config: dict, defaults: dict | None = None) -> list[str]:
+  """'field: stored -> new' for every field that differs and would change results.
+
+  A field missing from `stored` (a run made before the schema had it) counts as its value
+  in `defaults` (the schema's, default_config): new fields default to the old behaviour.
+  """
   old, new = _flat(stored), _flat(config)
+  for field, value in _flat(defaults or {}).items():
+    old.setdefault(field, value)
   return [f"{field}: {old.get(field)!r} -> {new.get(field)!r}"
           for field in sorted(set(old) | set(new))
           if field not in RESUMABLE_CHANGES and old.get(field) != new.get(field)]
@@ -70,7 +76,8 @@ def check_compatible(run_dir: pathlib.Path, config) -> None:
   if not isinstance(stored, dict):
     raise IncompatibleRun(f"{run_dir / 'config.json'}: not a config (a JSON object expected); "
                           "restore it, or start a new run with --config.run_name=<new name>")
-  differences = config_differences(stored, json.loads(config.to_json()))
+  differences = config_differences(stored, json.loads(config.to_json()),
+                                   json.loads(configuration.default_config().to_json()))
   if differences and not config.get("resume_force", False):
     raise IncompatibleRun(
         f"{run_dir}: this run was made with another config ({'; '.join(differences)}); "

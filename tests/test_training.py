@@ -243,3 +243,14 @@ def test_an_unwritable_results_folder_is_refused_before_any_training(tmp_path,
   with pytest.raises(files.OutputError, match="results.*cannot write the run folder here"):
     training.train_and_evaluate(tiny_config(), results / "run")
   assert (tmp_path / "results").read_text().startswith("a file")
+
+
+def test_fields_added_to_the_schema_later_count_as_their_defaults_on_resume():
+  defaults = {"augment": {"enabled": False}, "seed": 0}
+  stored = {"seed": 0}  # a run made before config.augment existed
+  assert recorder.config_differences(stored, {"seed": 0, "augment": {"enabled": False}},
+                                     defaults) == []
+  assert recorder.config_differences(stored, {"seed": 0, "augment": {"enabled": True}},
+                                     defaults) == ["augment.enabled: False -> True"]
+  assert recorder.config_differences(stored, {"seed": 1, "augment": {"enabled": False}}) == [
+      "augment.enabled: None -> False", "seed: 0 -> 1"]
