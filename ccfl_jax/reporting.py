@@ -263,6 +263,7 @@ def summary_markdown(summary: dict) -> str:
             f"accountant: {p['accountant']}; unit of privacy: {p['unit']}."
             + _frozen_text(p.get("parameters")), "",
             "## Consensus and attack", "", _votes_markdown(summary), ""]
+  lines += _robustness_markdown(summary)
   if summary["rounds"]:
     lines += ["## Plots", "", "![test metrics, losses and ε per round](curves.png)", "",
               "![the vote per hospital and round](votes.png)", ""]
@@ -280,6 +281,23 @@ def summary_markdown(summary: dict) -> str:
   lines += ["## Config", "", "```json", json.dumps(summary["config"], indent=2,
                                                         sort_keys=True), "```", ""]
   return "\n".join(lines)
+
+
+def _robustness_markdown(summary: dict) -> list[str]:
+  """The aggregation rule (when not eq. 5's mean) and the backdoor's success, if any."""
+  lines = []
+  rule = summary.get("aggregation") or {}
+  if rule and rule.get("rule") != "mean":
+    used = (f"; it aggregated {rule['aggregated']} updates in all, {rule['malicious_aggregated']} "
+            f"of them malicious" if "aggregated" in rule else "")
+    lines += [f"Aggregation rule `{rule['rule']}` (config.aggregation): {rule['privacy']}{used}.",
+              ""]
+  backdoor = summary.get("backdoor_success")
+  if backdoor:
+    lines += [f"Backdoor success (triggered held-out slices called the target): final "
+              f"{_fmt(backdoor['final'])}, mean of the last {backdoor['last_rounds']} rounds "
+              f"{_fmt(backdoor['last_rounds_mean'])}.", ""]
+  return lines
 
 
 def _frozen_text(parameters: dict | None) -> str:

@@ -259,3 +259,6 @@ def test_an_attacked_robust_run_records_what_it_aggregated_and_verifies(tmp_path
     assert summary["backdoor_success"]["last_rounds_mean"] == pytest.approx(
         np.mean([r["backdoor_success"] for r in records]))
   assert json.loads((tmp_path / "summary.json").read_text())["aggregation"]["rule"] == rule
+  markdown = (tmp_path / "summary.md").read_text()
+  assert f"Aggregation rule `{rule}` (config.aggregation)" in markdown
+  assert ("Backdoor success (triggered held-out slices" in markdown) == (attack == "backdoor")
