@@ -17,8 +17,10 @@ model's output becomes the same for every image (it then fits only the batch's l
 mean: loss stuck at 0.688, it cannot even overfit 64 images). At 1e-4 the same models
 overfit 64 images in 40 steps. Hence the default 1e-4 with a short warm-up.
 """
+import dataclasses
 import json
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -33,6 +35,25 @@ from ccfl_jax.metrics import classification_metrics
 from ccfl_jax.models import get_model, parameter_count
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  """What one centralized training run does, alike for every model it trains."""
+  image_size: int = 96
+  epochs: int = 30
+  batch_size: int = 32
+  learning_rate: float = 1e-4
+  warmup_epochs: float = 1.0
+  weight_decay: float = 1e-4
+
+
+def load_splits(data: str, image_size: int):
+  """(train, val) CTSlices of an image folder's official split (grey, resized and padded)."""
+  dataset = default_config().dataset
+  dataset.name, dataset.path, dataset.image_size = "image_folder", data, image_size
+  slices = load_dataset(dataset, 0)  # reading is deterministic: the seed is unused
+  return slices.take(slices.split == "train"), slices.take(slices.split == "val")
+
+
 def augment(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
   """Random horizontal flips and translations of up to size/16 pixels, zero (air) fill."""
   size, shift = images.shape[1], max(1, images.shape[1] // 16)
@@ -42,9 +63,51 @@ def augment(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
   return np.stack([p[y:y + size, x:x + size] for p, (y, x) in zip(padded, offsets)])
 
 
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+  """Full batches per epoch (the remainder of each shuffled epoch is left out)."""
+  return num_images // batch_size
+
+
+def make_optimizer(settings: TrainSettings, num_images: int) -> optax.GradientTransformation:
+  """AdamW, learning rate warmed up linearly from 0 to the peak, then cosine-decayed to 5%."""
+  per_epoch = steps_per_epoch(num_images, settings.batch_size)
+  total_steps = settings.epochs * per_epoch
+  warmup_steps = min(int(settings.warmup_epochs * per_epoch), total_steps - 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, settings.learning_rate, warmup_steps,
+                                                total_steps, settings.learning_rate * 0.05)
+  return optax.adamw(schedule, weight_decay=settings.weight_decay)
+
+
 def make_train_step(spec, optimizer):
   """The federated client's optimizer step (client.train_step), jitted."""
   return jax.jit(client.train_step(spec, optimizer))
+
+
+def train(train_step, optimizer, params, split, settings: TrainSettings, seed: int,
+          on_epoch: Callable[[int, float, object], None] = lambda epoch, loss, params: None):
+  """`settings.epochs` shuffled, augmented epochs of `train_step` over `split` from `params`.
+
+  Batch order and augmentation draw from default_rng(seed); `on_epoch(epoch, mean train
+  loss, params)` is called after each epoch. Returns the trained params.
+  """
+  opt_state = optimizer.init(params)
+  rng = np.random.default_rng(seed)
+  batch_size = settings.batch_size
+  for epoch in range(settings.epochs):
+    order, losses = rng.permutation(len(split)), []
+    for step in range(steps_per_epoch(len(split), batch_size)):
+      batch = order[step * batch_size:(step + 1) * batch_size]
+      params, opt_state, loss = train_step(params, opt_state, augment(rng, split.images[batch]),
+                                           split.labels[batch])
+      losses.append(float(loss))
+    on_epoch(epoch + 1, float(np.mean(losses)), params)
+  return params
+
+
+def evaluate(spec, params, split) -> dict:
+  """classification_metrics of the model's P(COVID) (threshold 0.5) on every image of split."""
+  return classification_metrics(split.labels,
+                                inference.covid_probabilities(spec, params, split.images))
 
 
 def define_flags():
@@ -72,42 +135,28 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   args = flags.FLAGS
-
-  dataset = default_config().dataset
-  dataset.name, dataset.path, dataset.image_size = "image_folder", args.data, args.image_size
-  slices = load_dataset(dataset, args.seed)
-  train, val = slices.take(slices.split == "train"), slices.take(slices.split == "val")
-  print(f"train {len(train)} ({train.labels.sum()} COVID), val {len(val)} "
+  settings = TrainSettings(args.image_size, args.epochs, args.batch_size, args.learning_rate,
+                           args.warmup_epochs, args.weight_decay)
+  train_split, val = load_splits(args.data, settings.image_size)
+  print(f"train {len(train_split)} ({train_split.labels.sum()} COVID), val {len(val)} "
         f"({val.labels.sum()} COVID)", flush=True)
 
   kwargs = json.loads(args.model_kwargs)
   spec = get_model(args.model, **kwargs)
-  params = spec.module.init(jax.random.key(args.seed), train.images[:1])
-  steps_per_epoch = len(train) // args.batch_size
-  total_steps = args.epochs * steps_per_epoch
-  warmup_steps = min(int(args.warmup_epochs * steps_per_epoch), total_steps - 1)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate, warmup_steps,
-                                                total_steps, args.learning_rate * 0.05)
-  optimizer = optax.adamw(schedule, weight_decay=args.weight_decay)
-  opt_state = optimizer.init(params)
-  train_step = make_train_step(spec, optimizer)
-  rng = np.random.default_rng(args.seed)
+  params = spec.module.init(jax.random.key(args.seed), train_split.images[:1])
+  optimizer = make_optimizer(settings, len(train_split))
   history, start = [], time.time()
-  for epoch in range(args.epochs):
-    order, losses = rng.permutation(len(train)), []
-    for step in range(steps_per_epoch):
-      batch = order[step * args.batch_size:(step + 1) * args.batch_size]
-      params, opt_state, loss = train_step(params, opt_state, augment(rng, train.images[batch]),
-                                           train.labels[batch])
-      losses.append(float(loss))
-    if (epoch + 1) % 5 == 0 or epoch + 1 == args.epochs:
-      val_probabilities = inference.covid_probabilities(spec, params, val.images)
-      auc = classification_metrics(val.labels, val_probabilities)["auc"]
-      history.append((epoch + 1, float(np.mean(losses)), auc, time.time() - start))
-      print(f"epoch {epoch + 1}: train loss {np.mean(losses):.4f}, val AUC {auc:.3f}, "
+
+  def report_epoch(epoch, loss, epoch_params):
+    if epoch % 5 == 0 or epoch == settings.epochs:
+      auc = evaluate(spec, epoch_params, val)["auc"]
+      history.append((epoch, loss, auc, time.time() - start))
+      print(f"epoch {epoch}: train loss {loss:.4f}, val AUC {auc:.3f}, "
             f"{time.time() - start:.0f} s", flush=True)
-  metrics = classification_metrics(val.labels,
-                                   inference.covid_probabilities(spec, params, val.images))
+
+  params = train(make_train_step(spec, optimizer), optimizer, params, train_split, settings,
+                 args.seed, report_epoch)
+  metrics = evaluate(spec, params, val)
   print(metrics)
 
   names = ("precision", "sensitivity", "specificity", "accuracy", "f1", "auc")
@@ -120,8 +169,9 @@ def main(argv):
       f"'{args.model_kwargs}'` (seed {args.seed}).",
       "",
       f"- Data: {args.data} via `ccfl_jax.data.image_folder` (grayscale, aspect-preserving "
-      f"resize to {args.image_size} and pad); official split: {len(train)} train images "
-      f"({int(train.labels.sum())} COVID), {len(val)} val images ({int(val.labels.sum())} COVID).",
+      f"resize to {args.image_size} and pad); official split: {len(train_split)} train images "
+      f"({int(train_split.labels.sum())} COVID), {len(val)} val images "
+      f"({int(val.labels.sum())} COVID).",
       f"- Model: `{args.model}` {kwargs or ''}, {parameter_count(params):,} parameters, from "
       f"scratch. Batch {args.batch_size}, AdamW (peak lr {args.learning_rate} after "
       f"{args.warmup_epochs} warm-up epochs, cosine decay, weight decay {args.weight_decay}), "
