@@ -1,7 +1,8 @@
 """The factory layer: a run config -> the objects a round needs (no loop, no I/O).
 
-`config.model` -> models.from_config; `config.*_optimizer` -> server.optimizer (restricted
-to the model's trainable parameters); the global model before round 1 ->
+`config.model` -> models.from_config; `config.*_optimizer` -> server.optimizer_from_config
+(restricted to the model's trainable parameters, server.only_trainable) and
+`config.local_schedule` -> server.schedule_from_config; the global model before round 1 ->
 server.initial_state. Here: the round's settings (with its augmentation), the consensus
 rule, attack and aggregation rule it runs with, the device mesh and the engine that maps
 hospitals.
@@ -36,17 +37,23 @@ def augment_settings(config) -> augment_lib.AugmentSettings:
 
 def round_settings(config, model: models.ModelSpec) -> engine.RoundSettings:
   unroll = config.engine.unroll_local_steps
+  trainable = server.trainable_mask(config, model)  # traces the model's init once
   return engine.RoundSettings(
-      model=model, local_optimizer=server.optimizer(config.local_optimizer, config, model),
-      server_optimizer=server.optimizer(config.server_optimizer, config, model),
+      model=model,
+      local_optimizer=server.only_trainable(server.optimizer_from_config(config.local_optimizer),
+                                            trainable),
+      server_optimizer=server.only_trainable(
+          server.optimizer_from_config(config.server_optimizer), trainable),
       local_steps=config.local_steps, batch_size=config.batch_size,
       clip_norm=config.privacy.clip_norm, noise_multiplier=config.privacy.noise_multiplier,
       unroll_local_steps=(mesh_lib.default_unroll_local_steps() if unroll == "auto"
                           else configuration.as_bool(unroll)),
       consensus=consensus_rule(config), validation_size=config.ledger.validation_size,
       attack=attack(config), return_updates=config.ledger.enabled,
-      trainable=server.trainable_mask(config, model), augment=augment_settings(config),
-      aggregation=aggregation_rule(config))
+      trainable=trainable, augment=augment_settings(config),
+      aggregation=aggregation_rule(config),
+      schedule=server.schedule_from_config(config.local_schedule,
+                                           config.num_rounds * config.local_steps))
 
 
 def hospital_axis(config, model: models.ModelSpec) -> str:

@@ -80,6 +80,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.local_optimizer.name = "adam"  # any optax optimizer taking learning_rate; reset each round
   c.local_optimizer.learning_rate = 0.003  # local learning rate
   c.local_optimizer.momentum = 0.9  # sgd only
+  # The local learning rate across the whole run (num_rounds x local_steps local steps; the
+  # optimizer's state still resets each round): local_optimizer.learning_rate x the schedule.
+  c.local_schedule = ml_collections.ConfigDict()
+  c.local_schedule.name = "constant"  # constant | cosine | one_cycle
+  c.local_schedule.warmup_fraction = 0.3  # cosine, one_cycle: share of the steps spent warming up
 
   c.server_optimizer = ml_collections.ConfigDict()
   c.server_optimizer.name = "fedavg"  # fedavg (= sgd, lr 1) | sgd | adam | ...
@@ -194,7 +199,7 @@ def choices() -> dict[str, tuple[str, ...]]:
   # Late imports, deliberately: config files import this module for default_config(), and
   # should not pay for JAX and the models on import.
   from ccfl_jax.data import errors, partition
-  from ccfl_jax.federated import aggregation, attacks, engine
+  from ccfl_jax.federated import aggregation, attacks, engine, server
   from ccfl_jax.ledger import consensus
   return {
       "partition.kind": partition.PARTITIONERS,
@@ -207,6 +212,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "attack.kind": attacks.KINDS,
       "attack.perturbation": attacks.PERTURBATIONS,
       "aggregation.rule": aggregation.RULES,
+      "local_schedule.name": server.SCHEDULES,
   }
 
 
@@ -287,6 +293,8 @@ def validate(config) -> None:
     except TypeError as error:
       raise ConfigError(f"config.{block}: {_get(config, block).to_dict()} is not a valid "
                         f"optax.{name} ({error})") from None
+  _check(0 <= config.local_schedule.warmup_fraction < 1, "local_schedule.warmup_fraction",
+         "a share of the run's local steps in [0, 1)", config)
   _check(not config.tensorboard or importlib.util.find_spec("tensorboardX") is not None,
          "tensorboard", 'tensorboardX installed: pip install -e ".[tensorboard]" (or false)',
          config)

@@ -58,9 +58,12 @@ def config_differences(stored: dict, config: dict, defaults: dict | None = None)
   old, new = _flat(stored), _flat(config)
   for field, value in _flat(defaults or {}).items():
     old.setdefault(field, value)
+  # A learning-rate schedule spans num_rounds: another num_rounds reshapes the rounds done.
+  resumable = (RESUMABLE_CHANGES if new.get("local_schedule.name", "constant") == "constant"
+               else tuple(f for f in RESUMABLE_CHANGES if f != "num_rounds"))
   return [f"{field}: {old.get(field)!r} -> {new.get(field)!r}"
           for field in sorted(set(old) | set(new))
-          if field not in RESUMABLE_CHANGES and old.get(field) != new.get(field)]
+          if field not in resumable and old.get(field) != new.get(field)]
 
 
 def check_compatible(run_dir: pathlib.Path, config) -> None:

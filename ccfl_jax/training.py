@@ -186,7 +186,8 @@ def train_and_evaluate(config, run_dir) -> dict:
     roles = run.roles(round_index)
     failpoints.hit("round", round_index + 1)
     state, out = run_round(state, device_data, sampled, jax.random.fold_in(base_key, round_index),
-                           None if roles is None else np.asarray(roles.verifiers))
+                           None if roles is None else np.asarray(roles.verifiers),
+                           round_index=round_index)
     jax.block_until_ready(state)
     round_times.append(time.time() - tic)
     finite = recorder.finite_updates(out)
@@ -213,7 +214,7 @@ def train_and_evaluate(config, run_dir) -> dict:
                                 time.time() - started, environment.describe(jax.devices()),
                                 accountant, data.warnings,
                                 models.parameter_counts(state.params,
-                                                        server.trainable_mask(config, model)))
+                                                        model.trainable_mask(state.params)))
   summary.update(robustness_summary(config, run.records))
   reporting.write_outputs(pathlib.Path(run_dir), summary, run.records,
                           metrics_csv=config.metrics_csv, tensorboard=config.tensorboard)

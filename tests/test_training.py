@@ -254,3 +254,12 @@ def test_fields_added_to_the_schema_later_count_as_their_defaults_on_resume():
                                      defaults) == ["augment.enabled: False -> True"]
   assert recorder.config_differences(stored, {"seed": 1, "augment": {"enabled": False}}) == [
       "augment.enabled: None -> False", "seed: 0 -> 1"]
+
+
+def test_a_run_on_a_schedule_cannot_be_extended_by_more_rounds():
+  """A learning-rate schedule spans num_rounds: more rounds would reshape the rounds done."""
+  constant = {"num_rounds": 4, "local_schedule": {"name": "constant"}}
+  assert recorder.config_differences(constant, {**constant, "num_rounds": 8}) == []
+  scheduled = {"num_rounds": 4, "local_schedule": {"name": "one_cycle"}}
+  assert recorder.config_differences(scheduled, {**scheduled, "num_rounds": 8}) == [
+      "num_rounds: 4 -> 8"]

@@ -28,7 +28,9 @@ class LocalSettings:
   """What every hospital of a round does alike: K steps of `optimizer` (reset each round) on
   batches of `batch_size`, each batch augmented as `augment` says, the update (zero on the
   parameters `trainable` freezes) clipped to `clip_norm`; `unroll` unrolls the K steps in
-  the trace (faster around convolutions on XLA:CPU, mesh.default_unroll_local_steps)."""
+  the trace (faster around convolutions on XLA:CPU, mesh.default_unroll_local_steps).
+  `schedule` (server.schedule_from_config; None: constant) scales the optimizer's step at
+  the run's local step t = round index x K + k (the round passes its first_step)."""
   model: Any
   optimizer: Any
   local_steps: int
@@ -38,6 +40,7 @@ class LocalSettings:
   attack: attacks.Attack = attacks.Attack()
   trainable: Any = None   # params-shaped tree of Python bools; None: every parameter trains
   augment: augment_lib.AugmentSettings = augment_lib.AugmentSettings()
+  schedule: Any = None  # step -> learning-rate factor; None: constant
 
 
 def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
@@ -53,28 +56,35 @@ def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
 
 
 def train_step(model, optimizer):
-  """One optimizer step on a batch: (params, opt_state, images, labels) -> (params,
-  opt_state, mean loss). The step every hospital repeats K times (and the centralized
-  baseline, tools/train_centralized.py, repeats per batch)."""
+  """One optimizer step on a batch: (params, opt_state, images, labels, lr_factor=None) ->
+  (params, opt_state, mean loss). The step every hospital repeats K times (and the
+  centralized baseline, tools/train_centralized.py, repeats per batch). `lr_factor` scales
+  the step: for the optax optimizers, whose learning rate is their last scaling (sgd,
+  momentum, adam, adamw: decoupled weight decay included), that is the learning rate
+  times lr_factor."""
 
   def loss_fn(p, batch_images, batch_labels):
     outputs = model.module.apply(p, batch_images, train=True)
     return jnp.mean(model.loss(outputs, batch_images, batch_labels))
 
-  def step(params, opt_state, batch_images, batch_labels):
+  def step(params, opt_state, batch_images, batch_labels, lr_factor=None):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch_images, batch_labels)
     updates, opt_state = optimizer.update(grads, opt_state, params)
+    if lr_factor is not None:
+      updates = jax.tree.map(lambda u: (u * lr_factor).astype(u.dtype), updates)
     return optax.apply_updates(params, updates), opt_state, loss
 
   return step
 
 
-def local_training(params, images, labels, count, key, *, model, optimizer, local_steps,
-                   batch_size, unroll, augment=augment_lib.AugmentSettings()):
+def local_training(params, images, labels, count, key, first_step=0, *, model, optimizer,
+                   local_steps, batch_size, unroll, augment=augment_lib.AugmentSettings(),
+                   schedule=None):
   """K optimizer steps from the global params; returns (local params, mean local loss).
 
   Step k's batch is augmented with fold_in(fold_in(key, AUGMENT_KEY), k) when
-  `augment.enabled` (off: the batch as stored, and no key is drawn).
+  `augment.enabled` (off: the batch as stored, and no key is drawn); with a `schedule`,
+  step k's learning rate is scaled by schedule(first_step + k) (first_step may be traced).
   """
   one_step = train_step(model, optimizer)
   augment_key = jax.random.fold_in(key, AUGMENT_KEY)
@@ -86,7 +96,8 @@ def local_training(params, images, labels, count, key, *, model, optimizer, loca
     if augment.enabled:
       batch_images = augment_lib.augment(jax.random.fold_in(augment_key, step_index),
                                          batch_images, augment)
-    p, opt_state, loss = one_step(p, opt_state, batch_images, labels[batch_index])
+    lr_factor = None if schedule is None else schedule(first_step + step_index)
+    p, opt_state, loss = one_step(p, opt_state, batch_images, labels[batch_index], lr_factor)
     return (p, opt_state), loss
 
   batches = local_batches(key, count, images.shape[0], local_steps, batch_size)
@@ -95,8 +106,8 @@ def local_training(params, images, labels, count, key, *, model, optimizer, loca
   return local_params, jnp.mean(losses)
 
 
-def hospital_update(params, images, labels, count, key, malicious=False, *, clip_norm,
-                    attack=attacks.Attack(), trainable=None, **training):
+def hospital_update(params, images, labels, count, key, malicious=False, first_step=0, *,
+                    clip_norm, attack=attacks.Attack(), trainable=None, **training):
   """One hospital's clipped submitted update, the submitted norm before clipping, mean local loss.
 
   `malicious` is a traced flag: honest and malicious hospitals share one trace. The server
@@ -109,7 +120,8 @@ def hospital_update(params, images, labels, count, key, malicious=False, *, clip
     images, labels = attacks.poison_batch(attack, images, labels, malicious,
                                           jax.random.fold_in(key, BACKDOOR_KEY))
   labels = attacks.training_labels(attack, labels, malicious)
-  local_params, loss = local_training(params, images, labels, count, key, **training)
+  local_params, loss = local_training(params, images, labels, count, key, first_step,
+                                      **training)
   delta = jax.tree.map(jnp.subtract, local_params, params)
   submitted = attacks.submitted_update(attack, delta, malicious, jax.random.fold_in(key, 1))
   clipped, norm = privacy.clip_update(tree_util.keep(submitted, trainable), clip_norm)
@@ -118,9 +130,9 @@ def hospital_update(params, images, labels, count, key, malicious=False, *, clip
 
 def make_hospital_update(settings: LocalSettings):
   """`hospital_update` with the round's fixed settings bound:
-  (params, images, labels, count, key, malicious) -> (clipped update, norm, loss)."""
+  (params, images, labels, count, key, malicious, first_step) -> (clipped update, norm, loss)."""
   return functools.partial(hospital_update, model=settings.model, optimizer=settings.optimizer,
                            local_steps=settings.local_steps, batch_size=settings.batch_size,
                            unroll=settings.unroll, clip_norm=settings.clip_norm,
                            attack=settings.attack, trainable=settings.trainable,
-                           augment=settings.augment)
+                           augment=settings.augment, schedule=settings.schedule)

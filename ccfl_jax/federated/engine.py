@@ -1,7 +1,9 @@
 """How hospitals are mapped: the compiled engine (one jitted round) and the sequential one.
 
-Both return `run_round(state, data, sampled, key, verifiers=None) -> (state, RoundOutput)`
-with the same numbers (same per-hospital keys). A round is
+Both return `run_round(state, data, sampled, key, verifiers=None, round_index=0) -> (state,
+RoundOutput)` with the same numbers (same per-hospital keys); round_index (0-based) places
+the round's K local steps on the run's learning-rate schedule (settings.schedule), and
+nothing else. A round is
 
   1. every sampled hospital trains and submits its clipped update (client.py, attacks.py;
      a backdoor poisons the malicious hospitals' slices before they train); under a
@@ -112,19 +114,27 @@ class RoundSettings:
   trainable: Any = None  # params-shaped tree of Python bools (None: all train); models.trainable_mask
   augment: augment_lib.AugmentSettings = augment_lib.AugmentSettings()
   aggregation: aggregation_lib.AggregationRule = aggregation_lib.AggregationRule()
+  schedule: Any = None  # local learning-rate factor by run step (server.schedule_from_config)
 
   @property
   def local(self) -> client.LocalSettings:
     return client.LocalSettings(self.model, self.local_optimizer, self.local_steps,
                                 self.batch_size, self.unroll_local_steps, self.clip_norm,
-                                self.attack, self.trainable, self.augment)
+                                self.attack, self.trainable, self.augment, self.schedule)
+
+  def first_step(self, round_index):
+    """The run's local step the round starts at (its K steps follow), as an int32 array:
+    traced, so the round compiles once for all rounds."""
+    return jnp.asarray(round_index * self.local_steps, jnp.int32)
 
 
 class RoundShared(NamedTuple):
-  """What every hospital of the round reads: the global params and, with a consensus rule,
-  the verifiers' validation batches ([v, size, ...] images, [v, size] labels)."""
+  """What every hospital of the round reads: the global params, with a consensus rule the
+  verifiers' validation batches ([v, size, ...] images, [v, size] labels), and the run's
+  local step the round starts at (RoundSettings.first_step)."""
   params: Any
   verifier_batches: Any = None
+  first_step: Any = 0
 
 
 class HospitalInputs(NamedTuple):
@@ -159,7 +169,7 @@ def _hospital_training(s: RoundSettings):
 
   def fn(shared: RoundShared, hospital: HospitalInputs):
     delta, norm, loss = update(shared.params, hospital.images, hospital.labels, hospital.count,
-                               hospital.key, hospital.malicious)
+                               hospital.key, hospital.malicious, shared.first_step)
     return delta, HospitalStats(norm, loss)
 
   return fn
@@ -290,16 +300,16 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
 
   def sharded(hospital_fn):
     """hospital_fn over the hospitals, sharded over the mesh: (params, per_hospital,
-    verifier_batches) -> its results stacked on the hospital axis."""
+    verifier_batches, first_step) -> its results stacked on the hospital axis."""
 
-    def on_device(params, per_hospital, verifier_batches):
+    def on_device(params, per_hospital, verifier_batches, first_step):
       # Replicated params would make grad return a gradient summed over devices (NOTES-jax.md):
       # mark them device-varying so every hospital differentiates its own copy.
       params = jax.tree.map(lambda leaf: jax.lax.pcast(leaf, H, to="varying"), params)
-      return _map_hospitals(hospital_fn, hospital_axis, RoundShared(params, verifier_batches),
-                            per_hospital)
+      return _map_hospitals(hospital_fn, hospital_axis,
+                            RoundShared(params, verifier_batches, first_step), per_hospital)
 
-    return jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(H), P()),
+    return jax.shard_map(on_device, mesh=mesh, in_specs=(P(), P(H), P(), P()),
                          out_specs=(P(H), P(H)))
 
   sharded_hospitals = sharded(_hospital_round(settings))
@@ -308,27 +318,28 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
   sharded_sum = jax.shard_map(lambda deltas, weights: jax.lax.psum(_weighted_sum(deltas, weights), H),
                               mesh=mesh, in_specs=(P(H), P(H)), out_specs=P())
 
-  def hospitals_round(params, per_hospital, verifier_batches, weights):
+  def hospitals_round(params, per_hospital, verifier_batches, weights, first_step):
     if not _colluding(settings):
-      return sharded_hospitals(params, per_hospital, verifier_batches)
+      return sharded_hospitals(params, per_hospital, verifier_batches, first_step)
     # The vote judges what the colluders submit: train, craft, then cross-evaluate.
-    deltas, stats = sharded_training(params, per_hospital, verifier_batches)
+    deltas, stats = sharded_training(params, per_hospital, verifier_batches, first_step)
     deltas, stats = _collude(deltas, stats, per_hospital.malicious, weights, settings)
     if settings.consensus is None:
       return deltas, stats
     mae, self_mae = sharded_evaluation(params, (deltas, per_hospital.own_batch),
-                                       verifier_batches)
+                                       verifier_batches, first_step)
     return deltas, stats._replace(mae=mae, self_mae=self_mae)
 
   @functools.partial(jax.jit, static_argnames="num_sampled")
-  def step(state, data, sampled, weights, verifiers, round_key, num_sampled):
+  def step(state, data, sampled, weights, verifiers, round_key, first_step, num_sampled):
     malicious = attacks.malicious_flags(settings.attack, sampled)
     own_batches, verifier_batches = _validation_batches(data, sampled, verifiers, round_key,
                                                         settings)
     per_hospital = HospitalInputs(data.images[sampled], data.labels[sampled],
                                   data.counts[sampled], hospital_keys(round_key, sampled),
                                   malicious, own_batches)
-    deltas, stats = hospitals_round(state.params, per_hospital, verifier_batches, weights)
+    deltas, stats = hospitals_round(state.params, per_hospital, verifier_batches, weights,
+                                    first_step)
     accepted, scores, cosines = _vote(deltas, stats, weights, settings.consensus)
     aggregate_weights = weights * accepted
     total, denominator, aggregated = _aggregate(deltas, aggregate_weights, settings,
@@ -342,12 +353,12 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
 
   replicated = NamedSharding(mesh, P())
 
-  def run_round(state, data, sampled, round_key, verifiers=None):
+  def run_round(state, data, sampled, round_key, verifiers=None, round_index=0):
     ids, weights = mesh_lib.pad_sampled(np.asarray(sampled), num_devices)
     # Same sharding as the step's output, so the second round does not recompile.
     state = jax.device_put(state, replicated)
     return step(state, data, ids, weights, _check_verifiers(settings, verifiers), round_key,
-                num_sampled=len(sampled))
+                settings.first_step(round_index), num_sampled=len(sampled))
 
   return run_round
 
@@ -385,7 +396,7 @@ def sequential_round(settings: RoundSettings):
     return [validation_batch(data.images[h], data.labels[h], data.counts[h], keys[i],
                              size=settings.validation_size) for i, h in enumerate(hospitals)]
 
-  def run_round(state, data, sampled, round_key, verifiers=None):
+  def run_round(state, data, sampled, round_key, verifiers=None, round_index=0):
     sampled = np.asarray(sampled)
     verifiers = np.asarray(_check_verifiers(settings, verifiers))
     ids = jnp.asarray(sampled, jnp.int32)
@@ -395,7 +406,7 @@ def sequential_round(settings: RoundSettings):
     if settings.consensus is not None:
       own_batches = batches_of(data, sampled, round_key)
       verifier_batches = tree_util.stack(batches_of(data, verifiers, round_key))
-    shared = RoundShared(state.params, verifier_batches)
+    shared = RoundShared(state.params, verifier_batches, settings.first_step(round_index))
     deltas, stats = [], []
     for i, h in enumerate(sampled):
       delta, hospital_stats = hospital_step(

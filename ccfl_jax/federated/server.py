@@ -40,6 +40,24 @@ def optimizer_from_config(block) -> optax.GradientTransformation:
   return make_optimizer(block.name, block.learning_rate, **kwargs)
 
 
+SCHEDULES = ("constant", "cosine", "one_cycle")
+
+
+def schedule_from_config(block, total_steps: int):
+  """The factor config.local_schedule puts on the local learning rate at step t of the run's
+  `total_steps` local steps (t = round index x K + local step): None for constant (the round
+  traces without it); cosine: linear warm-up from 0 to 1 over warmup_fraction of the steps,
+  then cosine decay to 0; one_cycle: optax's one-cycle (from 1/25 up to 1 over
+  warmup_fraction, cosine down to 1/25e4)."""
+  total_steps = max(int(total_steps), 1)
+  warmup = int(round(block.warmup_fraction * total_steps))
+  if block.name == "constant":
+    return None
+  if block.name == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps, 0.0)
+  return optax.cosine_onecycle_schedule(total_steps, 1.0, pct_start=block.warmup_fraction)
+
+
 def only_trainable(optimizer, mask) -> optax.GradientTransformation:
   """`optimizer` on the leaves where `mask` (Python bools) is True, zero updates (and no
   optimizer state) on the frozen rest; `optimizer` itself when mask is None (all train)."""
@@ -50,14 +68,9 @@ def only_trainable(optimizer, mask) -> optax.GradientTransformation:
 
 
 def trainable_mask(config, model: models.ModelSpec):
-  """Which of the model's parameters train (Python bools); None if all do."""
+  """Which of the model's parameters train (Python bools), from its abstract shapes (no
+  weights read or initialised); None if all do."""
   return models.trainable_mask(model, config.dataset.image_size)
-
-
-def optimizer(block, config, model: models.ModelSpec) -> optax.GradientTransformation:
-  """The optimizer config `block` names (local_optimizer | server_optimizer) on the model's
-  trainable parameters only."""
-  return only_trainable(optimizer_from_config(block), trainable_mask(config, model))
 
 
 def initial_state(config, model: models.ModelSpec) -> ServerState:
@@ -66,4 +79,6 @@ def initial_state(config, model: models.ModelSpec) -> ServerState:
   fresh server optimizer."""
   size = config.dataset.image_size
   params = jax.jit(model.module.init)(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)))
-  return init_state(params, optimizer(config.server_optimizer, config, model))
+  optimizer = only_trainable(optimizer_from_config(config.server_optimizer),
+                             model.trainable_mask(params))
+  return init_state(params, optimizer)

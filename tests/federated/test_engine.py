@@ -213,3 +213,67 @@ def test_frozen_backbone_with_augmentation_compiled_equals_sequential(hospital_d
   sequential = _run(engine.sequential_round(settings),
                     engine.put_hospital_data(hospital_data, mesh, "sequential"), state, SAMPLED, 1)
   _assert_same(compiled, sequential)
+
+
+# The local learning-rate schedule across rounds (config.local_schedule).
+
+
+def test_schedules_from_config():
+  from ml_collections import ConfigDict
+  block = lambda name, warmup=0.3: ConfigDict(dict(name=name, warmup_fraction=warmup))
+  assert server.schedule_from_config(block("constant"), 100) is None
+  cosine = server.schedule_from_config(block("cosine", 0.2), 10)
+  np.testing.assert_allclose([float(cosine(t)) for t in (0, 1, 2, 6, 10)],
+                             [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)  # warm-up 2 steps, decay 8
+  one_cycle = server.schedule_from_config(block("one_cycle", 0.3), 10)
+  np.testing.assert_allclose([float(one_cycle(t)) for t in (0, 3, 10)], [1 / 25, 1.0, 1 / 25e4],
+                             rtol=1e-5)
+
+
+def test_a_schedule_scales_each_local_step_at_its_run_step(hospital_data):
+  """sgd at lr 0.1 x factor f equals sgd at lr 0.1 f; the factor is read at the run's step
+  round_index x K + k, so a schedule that is zero for the first 3 steps leaves round 0
+  (K = 3) with no update and round 1 with a real one."""
+  data = jax.tree.map(jnp.asarray, hospital_data)
+  model = get_model("mlp", hidden=(8,))
+  params = model.module.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)))
+  common = dict(model=model, local_steps=3, batch_size=4, unroll=False)
+  inputs = (params, data.images[0], data.labels[0], data.counts[0], jax.random.key(3))
+  halved, _ = client.local_training(*inputs, optimizer=optax.sgd(0.1),
+                                    schedule=lambda t: 0.5, **common)
+  slower, _ = client.local_training(*inputs, optimizer=optax.sgd(0.05), **common)
+  _assert_same(halved, slower, atol=1e-7)
+  late = lambda t: jnp.where(t >= 3, 1.0, 0.0)
+  first, _ = client.local_training(*inputs, 0, optimizer=optax.sgd(0.1), schedule=late, **common)
+  second, _ = client.local_training(*inputs, 3, optimizer=optax.sgd(0.1), schedule=late, **common)
+  _assert_same(first, params, atol=0)
+  assert not np.allclose(np.asarray(jax.tree.leaves(second)[0]),
+                         np.asarray(jax.tree.leaves(params)[0]))
+
+
+def test_scheduled_compiled_round_equals_sequential_and_compiles_once(hospital_data):
+  from ml_collections import ConfigDict
+  schedule = server.schedule_from_config(ConfigDict(dict(name="one_cycle", warmup_fraction=0.3)),
+                                         3 * 3)
+  settings = engine.RoundSettings(**{**_settings(hidden=(16,)).__dict__, "schedule": schedule})
+  state = _initial_state(settings)
+  mesh = mesh_lib.hospital_mesh(1)
+  results = []
+  for kind in ("compiled", "sequential"):
+    run_round = (engine.compiled_round(settings, mesh, "vmap") if kind == "compiled"
+                 else engine.sequential_round(settings))
+    data, s = engine.put_hospital_data(hospital_data, mesh, kind), state
+    for r in range(3):
+      s, out = run_round(s, data, SAMPLED, jax.random.key(100 + r), round_index=r)
+    results.append((s, out))
+  _assert_same(results[0], results[1])
+  traces = []  # the schedule runs in Python only while the round is traced
+  counting = lambda t: (traces.append(1), schedule(t))[1]
+  compiled = engine.compiled_round(engine.RoundSettings(**{**settings.__dict__,
+                                                           "schedule": counting}), mesh, "vmap")
+  data = engine.put_hospital_data(hospital_data, mesh, "compiled")
+  by_round = [compiled(state, data, SAMPLED, jax.random.key(100), round_index=r)[0]
+              for r in (0, 1)]  # same round, two places on the schedule: different models
+  assert len(traces) == 1  # round_index is traced: one compile for every round
+  assert not np.allclose(np.asarray(jax.tree.leaves(by_round[0].params)[0]),
+                         np.asarray(jax.tree.leaves(by_round[1].params)[0]))
