@@ -117,9 +117,16 @@ def inspect(run_dir, round_: int | None = None) -> int:
   logging.getLogger("absl").setLevel(logging.ERROR)  # orbax warns about optional metadata
   steps = run_ledger.checkpoint_steps(run_dir / "checkpoints")
   step = steps[-1] if steps and round_ is None else round_
-  if step is None or step not in steps:
-    print(f"no checkpoint {'' if step is None else step} in {run_dir}/checkpoints "
-          f"(present: {list(steps)})")
+  if not run_dir.is_dir():
+    print(f"error: {run_dir}: no such run folder", file=sys.stderr)
+    return 1
+  if not steps:
+    print(f"error: {run_dir}/checkpoints: no checkpoint (train the run first: "
+          "python -m ccfl_jax.main --config=...)", file=sys.stderr)
+    return 1
+  if step not in steps:
+    print(f"error: {run_dir}/checkpoints/{step}: no such checkpoint (--round); present: "
+          f"{', '.join(map(str, steps))}", file=sys.stderr)
     return 1
   step_dir = run_dir / "checkpoints" / str(step)
   print(f"checkpoint {step_dir} (the global model after {step} rounds)")

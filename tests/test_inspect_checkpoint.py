@@ -94,8 +94,13 @@ def test_lists_the_whole_run_state_and_its_totals(tmp_path, capsys):
 def test_missing_round_and_usage_errors(tmp_path, capsys):
   save_run_state(tmp_path / "run", tiny_params("mlp"))
   assert inspect_checkpoint.main([str(tmp_path / "run"), "--round=5"]) == 1
-  shown = capsys.readouterr().out
-  assert "no checkpoint 5" in shown and "present: [2]" in shown
+  shown = capsys.readouterr().err
+  assert "checkpoints/5: no such checkpoint (--round); present: 2" in shown
+  assert inspect_checkpoint.main([str(tmp_path / "absent")]) == 1
+  assert "absent: no such run folder" in capsys.readouterr().err
+  (tmp_path / "untrained").mkdir()
+  assert inspect_checkpoint.main([str(tmp_path / "untrained")]) == 1
+  assert "no checkpoint (train the run first" in capsys.readouterr().err
   assert inspect_checkpoint.main([f"--run={tmp_path / 'run'}", "--round=2"]) == 0  # the flag form
   with pytest.raises(Exception, match="run folder"):
     inspect_checkpoint.main([])
