@@ -53,7 +53,8 @@ def round_settings(config, model: models.ModelSpec) -> engine.RoundSettings:
       trainable=trainable, augment=augment_settings(config),
       aggregation=aggregation_rule(config),
       schedule=server.schedule_from_config(config.local_schedule,
-                                           config.num_rounds * config.local_steps))
+                                           config.num_rounds * config.local_steps),
+      mechanism=config.privacy.mechanism, laplace_epsilon=config.privacy.laplace_epsilon)
 
 
 def hospital_axis(config, model: models.ModelSpec) -> str:

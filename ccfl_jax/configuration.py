@@ -91,9 +91,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.server_optimizer.learning_rate = 1.0  # server learning rate (ignored by fedavg)
 
   c.privacy = ml_collections.ConfigDict()
-  c.privacy.clip_norm = 2.0       # S
-  c.privacy.noise_multiplier = 0.1  # sigma: noise std on the sum is sigma * S
-  c.privacy.delta = 1e-5          # epsilon is reported at this delta
+  # gaussian_central (eq. 5: hospitals clip in L2 to S, the server noises the sum; (eps,
+  # delta)-DP of the aggregate) | laplace_local (eqs. 12-13: each hospital clips in L1 to
+  # B = clip_norm and adds Laplace(2B / laplace_epsilon) itself; pure DP of every submission;
+  # needs noise_multiplier = 0). federated/privacy.py says how the two differ.
+  c.privacy.mechanism = "gaussian_central"
+  c.privacy.clip_norm = 2.0       # S (L2) under gaussian_central; B (L1) under laplace_local
+  c.privacy.noise_multiplier = 0.1  # sigma: noise std on the sum is sigma * S (gaussian_central)
+  c.privacy.laplace_epsilon = 1.0  # laplace_local: epsilon of each hospital's submission per round
+  c.privacy.delta = 1e-5          # epsilon at this delta (laplace_local: advanced composition's)
 
   c.engine = ml_collections.ConfigDict()
   c.engine.kind = "compiled"      # compiled | sequential
@@ -199,7 +205,7 @@ def choices() -> dict[str, tuple[str, ...]]:
   # Late imports, deliberately: config files import this module for default_config(), and
   # should not pay for JAX and the models on import.
   from ccfl_jax.data import errors, partition
-  from ccfl_jax.federated import aggregation, attacks, engine, server
+  from ccfl_jax.federated import aggregation, attacks, engine, privacy, server
   from ccfl_jax.ledger import consensus
   return {
       "partition.kind": partition.PARTITIONERS,
@@ -213,6 +219,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "attack.perturbation": attacks.PERTURBATIONS,
       "aggregation.rule": aggregation.RULES,
       "local_schedule.name": server.SCHEDULES,
+      "privacy.mechanism": privacy.MECHANISMS,
   }
 
 
@@ -260,6 +267,33 @@ def _validate_attack_and_aggregation(config) -> None:
     aggregation.check_privacy_compatible(rule, config.privacy.noise_multiplier)
   except (TypeError, ValueError) as error:
     raise ConfigError(f"config.{error}") from None
+
+
+def _validate_laplace_local(config) -> None:
+  """privacy.mechanism = laplace_local against what cannot go with it (federated/privacy.py,
+  "In the round"): server noise, the vote's magnitude check, the norm_bound rule, the
+  colluding attacks."""
+  from ccfl_jax.federated import attacks
+  if config.privacy.mechanism != "laplace_local":
+    return
+  _check(0 < config.privacy.laplace_epsilon < math.inf, "privacy.laplace_epsilon",
+         "a finite per-round epsilon > 0", config)
+  _check(config.privacy.noise_multiplier == 0, "privacy.noise_multiplier",
+         "0 under privacy.mechanism=laplace_local (each hospital adds its own Laplace noise; "
+         "the server adds none)", config)
+  _check(not (config.ledger.enabled and config.ledger.consensus.max_norm_ratio > 0),
+         "ledger.consensus.max_norm_ratio",
+         "0 under privacy.mechanism=laplace_local (the magnitude check publishes each "
+         "hospital's un-noised update norm, outside its local guarantee; a noised "
+         "submission's norm is the noise's)", config)
+  _check(config.aggregation.rule != "norm_bound", "aggregation.rule",
+         "a rule other than norm_bound under privacy.mechanism=laplace_local (every noised "
+         "submission's L2 norm is the noise's, so the bound rescales honest updates alike and "
+         "bounds nothing)", config)
+  _check(config.attack.kind not in attacks.COLLUDING, "attack.kind",
+         f"an attack outside {', '.join(attacks.COLLUDING)} under "
+         "privacy.mechanism=laplace_local (the colluding attacks are simulated against the "
+         "central mechanism only)", config)
 
 
 def validate(config) -> None:
@@ -335,6 +369,7 @@ def validate(config) -> None:
   _check(0 <= config.attack.num_malicious <= config.num_hospitals, "attack.num_malicious",
          f"0 <= count <= num_hospitals ({config.num_hospitals})", config)
   _validate_attack_and_aggregation(config)
+  _validate_laplace_local(config)
   _check(config.dataset.name == "phantom" or bool(config.dataset.path), "dataset.path",
          f"the folder of the {config.dataset.name!r} dataset", config)
   try:

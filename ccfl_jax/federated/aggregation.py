@@ -57,6 +57,11 @@ rejected update has weight 0, exactly like padding. With the default rule, mean,
 engine keeps its own sharded sum (engine._weighted_sum under shard_map), so its numbers are
 those of the round before the rules existed.
 
+Under the local Laplace mechanism (privacy.mechanism = laplace_local) the rows are the
+hospitals' noised submissions and no noise is added here: every rule is post-processing of
+pure-DP releases, and the sensitivity bounds above are not needed (privacy.py, "In the
+round", says which rules suit noised rows; norm_bound is refused there).
+
 All functions are jax.numpy with no Python control flow on values (the rule is static): they
 trace inside the compiled round.
 """

@@ -4,7 +4,12 @@
 optimizer steps and returns its clipped update Δw = w_local - w_global (the paper's
 section on random sub-sampling and distorting; Geyer et al. 2017). A malicious hospital
 (attacks.py) trains on poisoned labels or backdoored slices, or submits a poisoned update;
-the server clips whatever it receives. The colluding attacks act after every hospital has
+the server clips whatever it receives. Under privacy.mechanism = laplace_local (eqs. 12-13)
+the hospital itself clips in L1 to B = clip_norm and adds its own Laplace(2B/ε_round) noise
+(privacy.laplace_local_update, key fold_in(hospital key, LAPLACE_KEY)) before submitting:
+what it returns is then the noised submission, the only thing the server and the ledger
+ever see of its update (a malicious hospital is simulated as following that protocol too:
+its attack acts before the clip and the noise). The colluding attacks act after every hospital has
 trained, on the round's stacked updates (engine.py), not here.
 """
 import dataclasses
@@ -21,6 +26,7 @@ from ccfl_jax.federated import attacks, privacy
 
 AUGMENT_KEY = 2  # fold_in(hospital key, AUGMENT_KEY) -> the augmentation keys (engine.py)
 BACKDOOR_KEY = 3  # fold_in(hospital key, BACKDOOR_KEY) -> which slices a backdoor poisons
+LAPLACE_KEY = 4  # fold_in(hospital key, LAPLACE_KEY) -> a laplace_local hospital's own noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +36,10 @@ class LocalSettings:
   parameters `trainable` freezes) clipped to `clip_norm`; `unroll` unrolls the K steps in
   the trace (faster around convolutions on XLA:CPU, mesh.default_unroll_local_steps).
   `schedule` (server.schedule_from_config; None: constant) scales the optimizer's step at
-  the run's local step t = round index x K + k (the round passes its first_step)."""
+  the run's local step t = round index x K + k (the round passes its first_step).
+  `mechanism` (privacy.MECHANISMS): gaussian_central clips in L2 to clip_norm (the server
+  adds the noise); laplace_local clips in L1 to clip_norm and adds Laplace noise of scale
+  2 clip_norm / laplace_epsilon to every trainable coordinate here, at the hospital."""
   model: Any
   optimizer: Any
   local_steps: int
@@ -41,6 +50,8 @@ class LocalSettings:
   trainable: Any = None   # params-shaped tree of Python bools; None: every parameter trains
   augment: augment_lib.AugmentSettings = augment_lib.AugmentSettings()
   schedule: Any = None  # step -> learning-rate factor; None: constant
+  mechanism: str = "gaussian_central"  # privacy.MECHANISMS
+  laplace_epsilon: float = 1.0  # laplace_local: each submission is laplace_epsilon-DP
 
 
 def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
@@ -107,8 +118,13 @@ def local_training(params, images, labels, count, key, first_step=0, *, model, o
 
 
 def hospital_update(params, images, labels, count, key, malicious=False, first_step=0, *,
-                    clip_norm, attack=attacks.Attack(), trainable=None, **training):
+                    clip_norm, attack=attacks.Attack(), trainable=None,
+                    mechanism="gaussian_central", laplace_epsilon=1.0, **training):
   """One hospital's clipped submitted update, the submitted norm before clipping, mean local loss.
+
+  gaussian_central: clipped in L2 to clip_norm, its L2 norm before clipping. laplace_local:
+  clipped in L1 to clip_norm plus the hospital's Laplace noise (zero on frozen parameters),
+  its L1 norm before clipping (a simulator diagnostic: a deployment's server never sees it).
 
   `malicious` is a traced flag: honest and malicious hospitals share one trace. The server
   keeps only the trainable part of what it receives (a frozen parameter's entry is zero
@@ -124,7 +140,12 @@ def hospital_update(params, images, labels, count, key, malicious=False, first_s
                                       **training)
   delta = jax.tree.map(jnp.subtract, local_params, params)
   submitted = attacks.submitted_update(attack, delta, malicious, jax.random.fold_in(key, 1))
-  clipped, norm = privacy.clip_update(tree_util.keep(submitted, trainable), clip_norm)
+  submitted = tree_util.keep(submitted, trainable)
+  if mechanism == "laplace_local":
+    noised, norm = privacy.laplace_local_update(jax.random.fold_in(key, LAPLACE_KEY), submitted,
+                                                clip_norm, laplace_epsilon)
+    return tree_util.keep(noised, trainable), norm, loss
+  clipped, norm = privacy.clip_update(submitted, clip_norm)
   return clipped, norm, loss
 
 
@@ -135,4 +156,5 @@ def make_hospital_update(settings: LocalSettings):
                            local_steps=settings.local_steps, batch_size=settings.batch_size,
                            unroll=settings.unroll, clip_norm=settings.clip_norm,
                            attack=settings.attack, trainable=settings.trainable,
-                           augment=settings.augment, schedule=settings.schedule)
+                           augment=settings.augment, schedule=settings.schedule,
+                           mechanism=settings.mechanism, laplace_epsilon=settings.laplace_epsilon)

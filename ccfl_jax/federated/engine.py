@@ -6,7 +6,9 @@ the round's K local steps on the run's learning-rate schedule (settings.schedule
 nothing else. A round is
 
   1. every sampled hospital trains and submits its clipped update (client.py, attacks.py;
-     a backdoor poisons the malicious hospitals' slices before they train); under a
+     a backdoor poisons the malicious hospitals' slices before they train; under
+     settings.mechanism = laplace_local it clips in L1 and adds its own Laplace noise
+     before submitting, so everything below reads the noised submissions); under a
      colluding attack (attacks.COLLUDING) the malicious hospitals' rows of the stacked
      clipped updates are then replaced by the crafted update (attacks.collude, from what the
      colluders know), which the server keeps on the trainable parameters and clips to S
@@ -20,7 +22,13 @@ nothing else. A round is
      clipped updates alone (rejected ones weigh 0): the default, mean, sums them, noises the
      sum and divides by the number accepted (privacy.noisy_mean, eq. 5); a robust rule
      noises its own total (aggregation.aggregate: sensitivity 2S too) and divides by its
-     own denominator. The server steps.
+     own denominator. Under laplace_local the server adds no noise (the submissions carry
+     it): the update is total / denominator. The server steps.
+  4. the update statistics of eqs. 6-8 (update_stats.py): V_c and U_s of the ACCEPTED
+     updates as the server holds them before its own noise, over the trainable coordinates:
+     the clipped updates (gaussian_central; the server's noise is not in them) or the
+     noised submissions (laplace_local; each hospital's Laplace noise, variance 2b² per
+     coordinate, is). RoundOutput.v_c and .u_s; NaN when nothing was accepted.
 
 The compiled engine runs all of it inside ONE jitted function: hospitals sharded over a 1-D
 device mesh with `shard_map` and mapped within a device by `vmap` or unrolled in the trace
@@ -43,7 +51,9 @@ a resumed run, either engine and any device count draw the same numbers):
           (client.BACKDOOR_KEY, attacks.poison_batch);
       augmentation at local step k: fold_in(fold_in(hospital_key(h), 2), k), image b of the
           batch split(that, B)[b] (data/augment.py);
-  the server's DP noise: fold_in(round_key, 1) (privacy.noisy_mean);
+      a laplace_local hospital's own noise: fold_in(hospital_key(h), 4), split over the
+          update's leaves (client.LAPLACE_KEY, privacy.laplace_noise_like);
+  the server's DP noise: fold_in(round_key, 1) (privacy.noisy_mean; gaussian_central only);
   h's validation batch for the vote: fold_in(fold_in(round_key, 2), h) (cross_evaluation.py);
   the model's initial parameters: key(config.seed) (builders.initial_state); the data, the
   partition and the sampling draw from numpy generators seeded by config.seed (and the round).
@@ -54,7 +64,8 @@ aggregation rules draw no randomness.
 Frozen parameters (`settings.trainable`, a pretrained backbone's frozen part): both
 optimizers leave them alone (server.only_trainable), each hospital's submitted update is
 zero there before clipping, so they take no share of the clipped norm S, and the server's
-noise is zero there: DP covers exactly the parameters that train.
+noise (a laplace_local hospital's own noise) is zero there: DP covers exactly the parameters
+that train.
 """
 import dataclasses
 import functools
@@ -68,7 +79,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ccfl_jax import tree_util
 from ccfl_jax.data import augment as augment_lib
 from ccfl_jax.federated import (aggregation as aggregation_lib, attacks, client, cross_evaluation,
-                                mesh as mesh_lib, privacy, server)
+                                mesh as mesh_lib, privacy, server, update_stats)
 from ccfl_jax.ledger import consensus as consensus_lib
 
 H = mesh_lib.HOSPITAL_AXIS
@@ -83,7 +94,9 @@ class RoundOutput(NamedTuple):
   coordinate-wise median update) None unless the rule's direction check is on; updates (the
   clipped submitted updates, leading axis m) are None unless settings.return_updates;
   aggregated (bool: the accepted updates the aggregation rule's result is made of, all of
-  them but under krum / multi_krum) is None under the mean (every accepted update).
+  them but under krum / multi_krum) is None under the mean (every accepted update). v_c and
+  u_s (scalars, not per hospital): eqs. 7 and 8 of the accepted updates (step 4 of the
+  module docstring).
   """
   local_loss: Any
   update_norm: Any  # of the submitted update, before clipping
@@ -95,6 +108,8 @@ class RoundOutput(NamedTuple):
   updates: Any = None
   cosines: Any = None
   aggregated: Any = None
+  v_c: Any = None
+  u_s: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +130,27 @@ class RoundSettings:
   augment: augment_lib.AugmentSettings = augment_lib.AugmentSettings()
   aggregation: aggregation_lib.AggregationRule = aggregation_lib.AggregationRule()
   schedule: Any = None  # local learning-rate factor by run step (server.schedule_from_config)
+  mechanism: str = "gaussian_central"  # privacy.MECHANISMS
+  laplace_epsilon: float = 1.0  # laplace_local: per-round epsilon of each submission
+
+  def __post_init__(self):
+    if self.mechanism not in privacy.MECHANISMS:
+      raise ValueError(f"privacy.mechanism {self.mechanism!r}: expected one of "
+                       f"{privacy.MECHANISMS}")
+    if self.mechanism == "laplace_local":
+      if self.noise_multiplier != 0:
+        raise ValueError("privacy.noise_multiplier must be 0 under laplace_local (the "
+                         "hospitals add the noise, the server none)")
+      if _colluding(self):
+        raise ValueError(f"attack.kind {self.attack.kind!r}: colluding attacks are not "
+                         "simulated under laplace_local")
 
   @property
   def local(self) -> client.LocalSettings:
     return client.LocalSettings(self.model, self.local_optimizer, self.local_steps,
                                 self.batch_size, self.unroll_local_steps, self.clip_norm,
-                                self.attack, self.trainable, self.augment, self.schedule)
+                                self.attack, self.trainable, self.augment, self.schedule,
+                                self.mechanism, self.laplace_epsilon)
 
   def first_step(self, round_index):
     """The run's local step the round starts at (its K steps follow), as an int32 array:
@@ -265,20 +295,42 @@ def _vote(deltas, stats, weights, rule: consensus_lib.ConsensusRule | None):
 
 def _finish_round(state, total, denominator, num_accepted, round_key, s: RoundSettings):
   """The server step on (total + noise) / denominator (None: num_accepted, eq. 5's mean of
-  the clipped updates); a round with no accepted update leaves the global model as it was
-  (the loop then stops with an error rather than divide by zero)."""
+  the clipped updates; laplace_local: no server noise); a round with no accepted update
+  leaves the global model as it was (the loop then stops with an error rather than divide
+  by zero)."""
   denominator = num_accepted if denominator is None else denominator
-  mean_update = privacy.noisy_mean(total, denominator, jax.random.fold_in(round_key, 1),
-                                   s.noise_multiplier, s.clip_norm, s.trainable)
+  if s.mechanism == "laplace_local":
+    mean_update = jax.tree.map(lambda t: t / denominator, total)
+  else:
+    mean_update = privacy.noisy_mean(total, denominator, jax.random.fold_in(round_key, 1),
+                                     s.noise_multiplier, s.clip_norm, s.trainable)
   stepped = server.apply_update(state, mean_update, s.server_optimizer)
   return jax.tree.map(lambda new, old: jnp.where(num_accepted > 0, new, old), stepped, state)
 
 
 def _round_output(deltas, stats: HospitalStats, accepted, malicious, scores, cosines,
                   aggregated, s: RoundSettings) -> RoundOutput:
+  """The per-hospital fields (v_c and u_s: None, see _with_update_statistics)."""
   return RoundOutput(stats.local_loss, stats.update_norm, accepted, malicious, stats.mae,
                      stats.self_mae, scores, deltas if s.return_updates else None, cosines,
                      aggregated)
+
+
+def _trainable_leaves(deltas, trainable):
+  """The stacked leaves of the parameters that train (all of them when trainable is None)."""
+  if trainable is None:
+    return deltas
+  return [leaf for leaf, trains in zip(jax.tree.leaves(deltas), jax.tree.leaves(trainable))
+          if trains]
+
+
+def _with_update_statistics(out: RoundOutput, deltas, aggregate_weights,
+                            s: RoundSettings) -> RoundOutput:
+  """out with v_c, u_s (eqs. 7-8) of the accepted updates (weight > 0), as the server holds
+  them before its own noise, over the trainable coordinates (module docstring, step 4)."""
+  stats = update_stats.update_statistics(_trainable_leaves(deltas, s.trainable),
+                                         aggregate_weights)
+  return out._replace(v_c=stats["v_c"], u_s=stats["u_s"])
 
 
 def _validation_batches(data, sampled, verifiers, round_key, s: RoundSettings):
@@ -349,7 +401,8 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     out = _round_output(deltas, stats, accepted, malicious, scores, cosines, aggregated,
                         settings)
     # Padding dropped inside the jit: slicing outside costs one dispatch per output.
-    return state, jax.tree.map(lambda a: a[:num_sampled], out)
+    out = jax.tree.map(lambda a: a[:num_sampled], out)
+    return state, _with_update_statistics(out, deltas, aggregate_weights, settings)
 
   replicated = NamedSharding(mesh, P())
 
@@ -388,8 +441,9 @@ def sequential_round(settings: RoundSettings):
                                                 _weighted_sum)
     num_accepted = jnp.sum(aggregate_weights)
     state = _finish_round(state, total, denominator, num_accepted, round_key, settings)
-    return state, _round_output(deltas, stats, accepted, malicious, scores, cosines, aggregated,
-                                settings)
+    out = _round_output(deltas, stats, accepted, malicious, scores, cosines, aggregated,
+                        settings)
+    return state, _with_update_statistics(out, deltas, aggregate_weights, settings)
 
   def batches_of(data, hospitals, round_key):
     keys = cross_evaluation.validation_keys(round_key, jnp.asarray(hospitals, jnp.int32))

@@ -69,7 +69,45 @@ composition (Dwork-Rothblum-Vadhan 2010; Dwork-Roth 2014, Thm 3.20) at δ':
 sqrt(2 ln(1/δ') Σ ε_t²) + Σ ε_t (e^ε_t - 1); the smaller is reported with its δ. No
 amplification by sampling is claimed: the server sees which hospital submitted which update,
 so the subsample hides nothing from it. Pass the rounds a hospital took part in (at most T;
-T bounds every hospital).
+T bounds every hospital): laplace_run_epsilon composes each hospital's own rounds and reports
+the worst hospital.
+
+In the round (config privacy.mechanism = laplace_local, privacy.laplace_epsilon = ε_round,
+privacy.clip_norm = B; client.hospital_update, engine.py): each sampled hospital clips its
+trainable update in L1 and adds its own Laplace noise, key fold_in(hospital key, 4), inside
+the compiled round; what the server, the vote and the ledger (its update digest) receive is
+that noised submission, and the server averages the accepted ones with NO noise of its own
+(privacy.noise_multiplier must be 0: configuration.validate refuses anything else rather
+than silently ignore σ). Every rejected update is still a release: the accountant charges
+each SAMPLED hospital one ε_round per round, accepted or not. The training loop records ε
+(laplace_run_epsilon) and ε_round per round; `ledger verify` recomputes ε from each block's
+epsilon_round and round_start's sampled hospitals (ledger/audit.py). A run cannot switch
+mechanism on resume (recorder.check_compatible): no accountant here composes the two.
+
+What else reads the noised submissions, and so what goes with laplace_local:
+- the MAE vote (eqs. 14-15) scores the local model global + noised submission on the
+  verifiers' batches: post-processing of the release, inside ε_round; the author's MAE on
+  its own validation batch is published too and, as under the Gaussian mechanism, is NOT
+  covered. The direction check's cosines with the median submission are post-processing
+  (allowed), but at small ε_round the noise dominates every submission (its L2 norm is about
+  sqrt(2P) b against at most B for the clipped update), cosines cluster near 0 and the
+  check rejects at random: it filters little;
+- the magnitude check (ledger.consensus.max_norm_ratio > 0) reads and publishes each
+  hospital's UN-noised update norm, which a local-DP hospital never reveals, and a noised
+  submission's norm is the noise's, the same for every hospital: refused;
+- the aggregation rules (aggregation.py) are all post-processing of ε_round-DP releases, so
+  ε holds whatever the rule; no sensitivity argument is needed. median and trimmed_mean
+  suit Laplace noise (the coordinate-wise median is its location estimator); krum and
+  multi_krum select by distances that the noise dominates at small ε_round (close to a
+  random pick, and the one picked keeps its whole noise: m_t times the mean's variance);
+  norm_bound is refused: every honest submission's norm is the noise's, so the bound
+  rescales them all alike and bounds nothing;
+- the colluding attacks (attacks.COLLUDING) craft from clipped un-noised updates and are
+  re-clipped in L2 by the server, a model of the central mechanism: refused. The
+  per-hospital attacks run as before the L1 clip and the noise (a malicious hospital is
+  simulated as following the noise protocol);
+- V_c and U_s (update_stats.py, engine.py step 4) are computed on the accepted noised
+  submissions, so V_c includes the noise's variance 2b² per coordinate.
 """
 import collections
 import functools
@@ -276,3 +314,40 @@ def laplace_epsilon(epsilon_round, rounds: int, delta: float) -> dict:
   if basic <= advanced:
     return dict(basic=basic, advanced=advanced, epsilon=basic, delta=0.0)
   return dict(basic=basic, advanced=advanced, epsilon=advanced, delta=float(delta))
+
+
+def laplace_run_epsilon(sampled_per_round, epsilon_per_round, delta: float) -> dict:
+  """The local mechanism's ε over a run, for the hospital that is worst off.
+
+  sampled_per_round: per round, the hospitals (any hashable ids) that submitted; each
+  submission is one pure ε_t-DP release of that hospital, with ε_t = epsilon_per_round[t].
+  Hospital h composes only the rounds it took part in (laplace_epsilon over its n_h <= T
+  releases); unsampled rounds release nothing of h's data. Returns dict(epsilon=max_h of h's
+  bound, delta=δ if some hospital's bound is the advanced composition's, else 0.0 (every
+  hospital is then (epsilon, delta)-DP), basic=max_h Σ ε_t, advanced=max_h of the advanced
+  bound, hospital_rounds=max_h n_h, composition='basic'|'advanced' (the bound `epsilon`
+  comes from)).
+  """
+  sampled_per_round = [list(s) for s in sampled_per_round]
+  eps = [float(e) for e in epsilon_per_round]
+  if len(eps) != len(sampled_per_round):
+    raise ValueError(f"{len(eps)} per-round epsilons for {len(sampled_per_round)} rounds")
+  if any(not 0 < e < math.inf for e in eps):
+    raise ValueError("every per-round Laplace epsilon must be finite and > 0")
+  by_hospital = collections.defaultdict(list)
+  for hospitals, e in zip(sampled_per_round, eps):
+    for h in hospitals:
+      by_hospital[h].append(e)
+  report = dict(epsilon=0.0, delta=0.0, basic=0.0, advanced=0.0, hospital_rounds=0,
+                composition="basic")
+  for released in by_hospital.values():
+    one = laplace_epsilon(released, len(released), delta)
+    report["basic"] = max(report["basic"], one["basic"])
+    report["advanced"] = max(report["advanced"], one["advanced"])
+    report["hospital_rounds"] = max(report["hospital_rounds"], len(released))
+    if one["delta"] > 0:
+      report["delta"] = one["delta"]
+    if one["epsilon"] > report["epsilon"]:
+      report["epsilon"] = one["epsilon"]
+      report["composition"] = "basic" if one["delta"] == 0 else "advanced"
+  return report

@@ -17,8 +17,12 @@ Input is the stacked updates pytree, every leaf [m, ...], with weights [m]. The 
 is 0/1 weights: padding rows (weight 0) do not count and H is the number of weight-1 rows.
 Other non-negative weights give the weighted mean and weighted population variance
 (μ = Σ w_h Δw^h / Σ w_h, VAR = Σ w_h (Δw^h - μ)² / Σ w_h). With no weight at all the
-statistics are NaN. Pure and jit-able (static shapes, no Python branching on values); the
-variance is computed around the mean (two passes), not as E[x²] - μ², to avoid cancellation.
+statistics are NaN. In the round (engine.py, step 4) they are taken on the accepted updates
+(weight 1; rejected and padding rows weight 0) as the server holds them before adding its
+own noise, over the trainable coordinates only (P = trainable parameters): the clipped
+updates under gaussian_central, the noised submissions under laplace_local. Pure and
+jit-able (static shapes, no Python branching on values); the variance is computed around the
+mean (two passes), not as E[x²] - μ², to avoid cancellation.
 """
 import math
 
