@@ -79,8 +79,13 @@ def check_compatible(run_dir: pathlib.Path, config) -> None:
   if not isinstance(stored, dict):
     raise IncompatibleRun(f"{run_dir / 'config.json'}: not a config (a JSON object expected); "
                           "restore it, or start a new run with --config.run_name=<new name>")
-  differences = config_differences(stored, json.loads(config.to_json()),
-                                   json.loads(configuration.default_config().to_json()))
+  defaults = json.loads(configuration.default_config().to_json())
+  differences = config_differences(stored, json.loads(config.to_json()), defaults)
+  mechanism = [d for d in differences if d.startswith("privacy.mechanism:")]
+  if mechanism:  # no accountant composes Gaussian (eps, delta) rounds with local Laplace ones
+    raise IncompatibleRun(f"{run_dir}: this run was made with another privacy mechanism "
+                          f"({mechanism[0]}), which not even --config.resume_force=true can "
+                          "change mid-run; start a new run with --config.run_name=<new name>")
   if differences and not config.get("resume_force", False):
     raise IncompatibleRun(
         f"{run_dir}: this run was made with another config ({'; '.join(differences)}); "
@@ -258,7 +263,8 @@ class RunRecorder:
     model = run_ledger.GlobalModelRecord(
         record["epsilon"], p.delta, p.noise_multiplier, p.clip_norm, checkpoint_dir,
         None if checkpoint_dir is not None else update_digest(state.params),
-        metrics_sha256=run_ledger.text_sha256(line))
+        metrics_sha256=run_ledger.text_sha256(line),
+        laplace_epsilon=record.get("laplace_epsilon"))
     self.ledger = run_ledger.record_round(self.ledger, round_index, roles, evidence, model)
 
   def close(self, output_names) -> None:

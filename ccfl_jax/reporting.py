@@ -1,6 +1,7 @@
 """What a run prints and writes: the per-round log line, summary.json/.md, metrics.csv, the
-plots curves.png (test metrics, losses and ε per round) and votes.png (the vote per hospital
-and round), and, with the optional `tensorboard` extra, TensorBoard event files.
+plots curves.png (test metrics, losses and ε per round), votes.png (the vote per hospital
+and round) and update_stats.png (V_c and U_s per round, eqs. 6-8), and, with the optional
+`tensorboard` extra, TensorBoard event files.
 
 How a value that is not an ordinary number is shown in each output:
 
@@ -27,6 +28,7 @@ METRIC_NAMES = ("accuracy", "precision", "sensitivity", "specificity", "auc")
 LOSS_NAMES = {"local_loss": "training\n(mean over the\nsampled hospitals)",
               "test_loss": "test\n(held-out patients)"}
 PLOT_DPI = 150
+UPDATE_STATS_PLOT = "update_stats.png"
 TENSORBOARD_EXTRA = 'pip install -e ".[tensorboard]"'
 
 # votes.png: the state of a (hospital, round) cell and its colour.
@@ -103,11 +105,14 @@ def round_line(record: dict, num_rounds: int, round_times) -> str:
   compiled = " incl. compilation" if len(round_times) == 1 else ""
   epsilon = ("inf (no noise)" if _unbounded(record["epsilon"])
              else _log_number(record["epsilon"], ".3g"))
+  delta = record.get("epsilon_delta", record["delta"])
+  delta_text = (f"delta {delta:.0e}" if delta else "pure") + (
+      ", local" if record.get("mechanism") == "laplace_local" else "")
   return (f"round {record['round']}/{num_rounds}  loss {_log_number(record['local_loss'], '.4f')}"
           f"  test acc {_log_number(record['accuracy'])}"
           f"  sens {_log_number(record['sensitivity'])}"
           f"  spec {_log_number(record['specificity'])}"
-          f"  eps {epsilon} (delta {record['delta']:.0e})"
+          f"  eps {epsilon} ({delta_text})"
           f"  accepted {len(record['accepted'])}/{len(record['sampled'])}{_non_finite_note(record)}"
           f"  {record['round_seconds']:.2f} s{compiled}  {eta_text}")
 
@@ -159,24 +164,48 @@ ACCOUNTANTS = {
     "the PLD bound was the smaller valid one)"}
 
 
+def privacy_summary(config, final: dict, accountant: str, parameters: dict | None) -> dict:
+  """summary.json's `privacy`: the mechanism, its parameters, the final ε and how it was
+  accounted (gaussian_central: `accountant` as privacy.epsilon_report named it; laplace_local:
+  the record's composition fields, training.laplace_record)."""
+  p = config.privacy
+  common = dict(mechanism=p.get("mechanism", "gaussian_central"), epsilon=final.get("epsilon"),
+                clip_norm=p.clip_norm, unit="one hospital's whole dataset",
+                parameters=parameters)
+  if common["mechanism"] != "laplace_local":
+    return dict(common, delta=p.delta, noise_multiplier=p.noise_multiplier,
+                accountant=f"{ACCOUNTANTS[accountant]}, sampling without replacement, "
+                "REPLACE_ONE, sensitivity 2S, charged with the m_t sampled (not the accepted) "
+                "hospitals each round; the vote's published MAEs (and, with the update checks "
+                "on, update norms and cosines) are not covered (federated/privacy.py, "
+                "ledger/consensus.py)")
+  scale = 2 * p.clip_norm / p.laplace_epsilon
+  return dict(common, delta=final.get("epsilon_delta", 0.0), delta_advanced=p.delta,
+              noise_multiplier=0.0, laplace_epsilon=p.laplace_epsilon, laplace_scale=scale,
+              composition=final.get("epsilon_composition"),
+              epsilon_basic=final.get("epsilon_basic"),
+              epsilon_advanced=final.get("epsilon_advanced"),
+              hospital_rounds=final.get("hospital_rounds"),
+              accountant="local Laplace (eqs. 12-13): L1 clip to B, sensitivity 2B, each "
+              "submission laplace_epsilon-DP (pure); per hospital over the rounds it was "
+              "sampled in, the smaller of basic composition (delta 0) and advanced composition "
+              "(Dwork-Rothblum-Vadhan, at delta_advanced); no amplification by sampling; the "
+              "vote's published MAEs (and cosines) of the noised submissions are "
+              "post-processing, each author's MAE on its own validation batch is not "
+              "covered (federated/privacy.py)")
+
+
 def summarize(config, records: list[dict], data_counts: list[dict], skipped, seconds: float,
               environment: dict, accountant: str = "rdp", data_warnings=(),
               parameters: dict | None = None) -> dict:
   """summary.json: `environment` from environment.describe, `accountant` the name that
-  privacy.epsilon_report gave for the final ε, `data_warnings` the data checks' warnings,
-  `parameters` models.parameter_counts (trainable and frozen)."""
+  privacy.epsilon_report gave for the final ε (gaussian_central), `data_warnings` the data
+  checks' warnings, `parameters` models.parameter_counts (trainable and frozen)."""
   final = records[-1] if records else {}
   return dict(
       run_name=config.run_name, rounds=len(records),
       final={k: final.get(k) for k in METRIC_NAMES + ("test_loss", "confusion_matrix")},
-      privacy=dict(epsilon=final.get("epsilon"), delta=config.privacy.delta,
-                   noise_multiplier=config.privacy.noise_multiplier,
-                   clip_norm=config.privacy.clip_norm, accountant=f"{ACCOUNTANTS[accountant]}, "
-                   "sampling without replacement, REPLACE_ONE, sensitivity 2S, charged with the m_t "
-                   "sampled (not the accepted) hospitals each round; the vote's published MAEs "
-                   "(and, with the update checks on, update norms and cosines) are not "
-                   "covered (federated/privacy.py, ledger/consensus.py)",
-                   unit="one hospital's whole dataset", parameters=parameters),
+      privacy=privacy_summary(config, final, accountant, parameters),
       ledger=dict(enabled=config.ledger.enabled,
                   consensus=config.ledger.consensus.to_dict() if config.ledger.enabled else None,
                   num_verifiers=config.ledger.num_verifiers),
@@ -200,6 +229,13 @@ def _fmt(value) -> str:
       return "∞" if value > 0 else "-∞"
     return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
   return str(value)
+
+
+def _fmt_large(value) -> str:
+  """_fmt, but from 10^9 on in scientific notation (advanced composition's bound explodes)."""
+  if isinstance(value, float) and math.isfinite(value) and abs(value) >= 1e9:
+    return f"{value:.3g}"
+  return _fmt(value)
 
 
 def epsilon_text(epsilon, noise_multiplier=None) -> str:
@@ -257,16 +293,13 @@ def summary_markdown(summary: dict) -> str:
   lines += _table(list(METRIC_NAMES) + ["test loss"],
                   [[_fmt(f[k]) for k in METRIC_NAMES + ("test_loss",)]])
   lines += [""] + _confusion_markdown(f["confusion_matrix"])
-  lines += ["", "## Privacy", "",
-            f"(ε, δ) = ({epsilon_text(p['epsilon'], p['noise_multiplier'])}, {p['delta']:g}) "
-            f"with noise multiplier σ = {p['noise_multiplier']}, clip norm S = {p['clip_norm']}; "
-            f"accountant: {p['accountant']}; unit of privacy: {p['unit']}."
-            + _frozen_text(p.get("parameters")), "",
+  lines += ["", "## Privacy", "", _privacy_markdown(p) + _frozen_text(p.get("parameters")), "",
             "## Consensus and attack", "", _votes_markdown(summary), ""]
   lines += _robustness_markdown(summary)
   if summary["rounds"]:
     lines += ["## Plots", "", "![test metrics, losses and ε per round](curves.png)", "",
-              "![the vote per hospital and round](votes.png)", ""]
+              "![the vote per hospital and round](votes.png)", "",
+              f"![V_c and U_s of the accepted updates per round]({UPDATE_STATS_PLOT})", ""]
   lines += ["## Data (patients, slices, positive slices)", ""]
   lines += _table(["split", "patients", "slices", "positive slices"],
                   [[r["name"], r["patients"], r["slices"], r["positive_slices"]]
@@ -281,6 +314,36 @@ def summary_markdown(summary: dict) -> str:
   lines += ["## Config", "", "```json", json.dumps(summary["config"], indent=2,
                                                         sort_keys=True), "```", ""]
   return "\n".join(lines)
+
+
+def _privacy_markdown(p: dict) -> str:
+  """The privacy paragraph of summary.md: what was guaranteed, by which mechanism, and how
+  the central Gaussian and the local Laplace guarantees differ."""
+  if p.get("mechanism", "gaussian_central") != "laplace_local":
+    return (f"(ε, δ) = ({epsilon_text(p['epsilon'], p['noise_multiplier'])}, {p['delta']:g}) "
+            f"with noise multiplier σ = {p['noise_multiplier']}, clip norm S = {p['clip_norm']}; "
+            f"accountant: {p['accountant']}; unit of privacy: {p['unit']}. Central DP "
+            "(gaussian_central): the guarantee covers the noised aggregate the server "
+            "publishes, approximate (δ > 0), and trusts the server that sums the clean "
+            "updates.")
+  how = ("basic composition, pure DP" if p["delta"] == 0 else
+         f"advanced composition at δ = {p['delta_advanced']:g}")
+  return (f"Local DP (laplace_local, eqs. 12-13): every sampled hospital clipped its update to "
+          f"L1 norm B = {p['clip_norm']} and added Laplace noise of scale b = 2B/ε_round = "
+          f"{_fmt(p['laplace_scale'])} to each trainable coordinate before submitting, so "
+          f"each submission is ε_round = {p['laplace_epsilon']}-DP (pure, δ = 0). Over the "
+          f"run the hospital that took part most ({p['hospital_rounds']} rounds) is at "
+          f"(ε, δ) = ({_fmt(p['epsilon'])}, {p['delta']:g}) ({how}; basic "
+          f"{_fmt_large(p['epsilon_basic'])}, advanced {_fmt_large(p['epsilon_advanced'])}); "
+          "unit of "
+          f"privacy: {p['unit']}. How it differs from the central Gaussian mechanism "
+          "(gaussian_central): this guarantee is local, it holds for each hospital's own "
+          "release against everyone who sees it, the server and the ledger included, with no "
+          "trusted aggregator, and each round is pure ε-DP; the Gaussian's (ε, δ) is "
+          "approximate DP (δ > 0) of the published noised aggregate only, trusting the "
+          "server with the clean updates, and is amplified by sampling, which the local "
+          "guarantee does not claim. The price: m_t independent noises in the mean, each "
+          f"large enough to hide a whole update. Accountant: {p['accountant']}.")
 
 
 def _robustness_markdown(summary: dict) -> list[str]:
@@ -400,7 +463,8 @@ def write_metrics_csv(path, records: list[dict]) -> None:
   write_atomically(path, metrics_csv_text(records))
 
 
-_TENSORBOARD_GROUPS = dict(local_loss="train", clipped_fraction="train", test_loss="test",
+_TENSORBOARD_GROUPS = dict(local_loss="train", clipped_fraction="train", v_c="updates",
+                           u_s="updates", test_loss="test",
                            epsilon="privacy", round_seconds="time", num_sampled="votes",
                            num_accepted="votes", num_rejected="votes",
                            malicious_accepted="votes", malicious_rejected="votes",
@@ -517,7 +581,13 @@ def _plot_losses(ax, records, rounds) -> None:
 
 def _plot_epsilon(ax, records, rounds) -> None:
   epsilons = [none_to(r["epsilon"]) for r in records]
-  ax.set(ylabel="ε (privacy loss)", title=f"ε at δ = {records[-1]['delta']:g}")
+  last = records[-1]
+  if last.get("mechanism") == "laplace_local":
+    delta = last.get("epsilon_delta", 0.0)
+    ax.set(ylabel="ε (privacy loss, worst hospital)",
+           title=f"local Laplace ε at δ = {delta:g} ({last.get('epsilon_composition')})")
+  else:
+    ax.set(ylabel="ε (privacy loss)", title=f"ε at δ = {last['delta']:g}")
   if not any(math.isfinite(e) for e in epsilons):
     ax.text(0.5, 0.5, "ε = ∞\n(no noise, σ = 0)", ha="center", va="center", fontsize=12,
             transform=ax.transAxes)
@@ -546,6 +616,46 @@ def plot_curves(path: pathlib.Path, records: list[dict], *, title: str | None = 
                 dpi: int = PLOT_DPI) -> None:
   """curves.png: see curves_figure."""
   write_atomically(path, _png(curves_figure(records, title), dpi))
+
+
+def update_stats_figure(records: list[dict], title: str | None = None):
+  """V_c (eq. 7) and U_s (eq. 8) per round, and their ratio V_c / U_s (a Figure), on a log
+  scale where a panel spans more than a decade; rounds without a value (nothing accepted, or
+  a run from before the statistics) are gaps."""
+  rounds = [r["round"] for r in records]
+  v_c = [none_to(r.get("v_c")) for r in records]
+  u_s = [none_to(r.get("u_s")) for r in records]
+  ratio = [v / u if u and math.isfinite(v) and math.isfinite(u) else math.nan
+           for v, u in zip(v_c, u_s)]
+  noised = records[-1].get("mechanism") == "laplace_local"
+  what = ("noised submissions (their Laplace noise included)" if noised
+          else "clipped updates (before the server's noise)")
+  fig = _figure(12, 4.4)
+  ax_stats, ax_ratio = fig.subplots(1, 2)
+  ax_stats.plot(rounds, v_c, label="V_c (eq. 7): mean per-coordinate variance over hospitals",
+                **_line_style(rounds))
+  ax_stats.plot(rounds, u_s, label="U_s (eq. 8): mean squared coordinate of the mean update",
+                **_line_style(rounds))
+  ax_stats.set(ylabel="(parameter units)² per coordinate", title=f"accepted {what}")
+  ax_stats.legend(loc="best", fontsize="small", frameon=False)
+  ax_ratio.plot(rounds, ratio, color="tab:green", **_line_style(rounds))
+  ax_ratio.set(ylabel="V_c / U_s (dimensionless)",
+               title="V_c / U_s: disagreement vs. shared signal")
+  for ax, values in ((ax_stats, v_c + u_s), (ax_ratio, ratio)):
+    positive = [y for y in values if math.isfinite(y) and y > 0]
+    if positive and max(positive) > 10 * min(positive):
+      ax.set_yscale("log")
+    _round_axis(ax, rounds)
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def plot_update_stats(path: pathlib.Path, records: list[dict], *, title: str | None = None,
+                      dpi: int = PLOT_DPI) -> None:
+  """update_stats.png: see update_stats_figure."""
+  write_atomically(path, _png(update_stats_figure(records, title), dpi))
 
 
 def vote_grid(records: list[dict], num_hospitals: int | None = None) -> np.ndarray:
@@ -639,9 +749,9 @@ def _malicious_ids(summary: dict) -> range:
 
 def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict], *,
                   metrics_csv: bool = True, tensorboard: bool = False) -> None:
-  """summary.json, summary.md and, once a round ran, curves.png, votes.png (and metrics.csv,
-  and TensorBoard event files of every round in tensorboard/, rewritten whole so that a
-  resumed run has each round once)."""
+  """summary.json, summary.md and, once a round ran, curves.png, votes.png, update_stats.png
+  (and metrics.csv, and TensorBoard event files of every round in tensorboard/, rewritten
+  whole so that a resumed run has each round once)."""
   run_dir = pathlib.Path(run_dir)
   write_atomically(run_dir / "summary.json", json_text(summary, indent=2))
   write_atomically(run_dir / "summary.md", summary_markdown(summary))
@@ -653,6 +763,8 @@ def write_outputs(run_dir: pathlib.Path, summary: dict, records: list[dict], *,
              malicious=_malicious_ids(summary),
              title=None if summary["ledger"]["enabled"] else
              "no ledger, no vote: every sampled update aggregated")
+  plot_update_stats(run_dir / UPDATE_STATS_PLOT, records,
+                    title=f"run {summary['run_name']}: update statistics (eqs. 6-8)")
   if metrics_csv:
     write_metrics_csv(run_dir / "metrics.csv", records)
   if tensorboard:

@@ -10,6 +10,7 @@ checkpoint and ends with the same parameters and metrics as a run never stopped
 (sampling, batches and noise are pure functions of (seed, round)).
 """
 import logging
+import math
 import pathlib
 import time
 from typing import Any, NamedTuple
@@ -96,11 +97,14 @@ def data_line(counts: list[dict]) -> str:
 
 
 def round_metrics(round_index: int, sampled: np.ndarray, out, evaluation, labels, epsilon: float,
-                  config, seconds: float, backdoor_success: float | None = None) -> dict:
+                  config, seconds: float, backdoor_success: float | None = None,
+                  laplace: dict | None = None) -> dict:
   """One metrics.jsonl line: the vote (with each hospital's verdict reason), which accepted
   updates the aggregation rule used (krum / multi_krum), local loss (the mean over the
-  hospitals whose update is finite), clipping, test metrics, the backdoor's success rate
-  (attack.kind backdoor only), privacy, time."""
+  hospitals whose update is finite), clipping, V_c and U_s (eqs. 7-8 of the accepted
+  updates, before the server's noise: engine.py step 4), test metrics, the backdoor's
+  success rate (attack.kind backdoor only), privacy (under laplace_local also the fields of
+  `laplace`, laplace_record), time."""
   test_loss, prob_covid = evaluation
   p = config.privacy
   finite = recorder.finite_updates(out)
@@ -112,9 +116,34 @@ def round_metrics(round_index: int, sampled: np.ndarray, out, evaluation, labels
       local_loss=(float(np.mean(np.asarray(out.local_loss)[finite])) if finite.any()
                   else float("nan")),
       clipped_fraction=float(np.mean(np.asarray(out.update_norm) > p.clip_norm)),
+      v_c=float(out.v_c), u_s=float(out.u_s),
       test_loss=test_loss, **metrics.classification_metrics(labels, prob_covid), **backdoor,
-      epsilon=epsilon, delta=p.delta, noise_multiplier=p.noise_multiplier,
+      epsilon=epsilon, delta=p.delta, noise_multiplier=p.noise_multiplier, **(laplace or {}),
       round_seconds=seconds)
+
+
+def laplace_record(config, records: list[dict], sampled: np.ndarray, round_index: int) -> dict:
+  """Under laplace_local, the metrics line's privacy fields after this round: ε composed
+  per hospital over the rounds it submitted in (privacy.laplace_run_epsilon over the
+  recorded rounds' `sampled` and `laplace_epsilon`, then this one), as `epsilon`, and
+  mechanism, laplace_epsilon (this round's ε per submission), epsilon_delta (the δ the
+  reported ε holds at: 0 by basic composition, else privacy.delta), epsilon_composition,
+  epsilon_basic, epsilon_advanced and hospital_rounds (the most rounds one hospital took
+  part in). `records` are the rounds before round_index, one per round (IncompatibleRun if
+  not: their metrics.jsonl lines are this accountant's history)."""
+  rounds = [r["sampled"] for r in records] + [sampled.tolist()]
+  if (any("laplace_epsilon" not in r for r in records)
+      or [r["round"] for r in records] != list(range(1, round_index + 1))):
+    raise recorder.IncompatibleRun(
+        "the laplace_local accountant composes the rounds recorded in metrics.jsonl, and its "
+        f"lines do not cover rounds 1-{round_index} with their laplace_epsilon; restore the "
+        "run's metrics.jsonl, or start a new run with --config.run_name=<new name>")
+  per_round = [r["laplace_epsilon"] for r in records] + [config.privacy.laplace_epsilon]
+  report = privacy.laplace_run_epsilon(rounds, per_round, config.privacy.delta)
+  return dict(epsilon=report["epsilon"], mechanism="laplace_local",
+              laplace_epsilon=float(config.privacy.laplace_epsilon), epsilon_delta=report["delta"],
+              epsilon_composition=report["composition"], epsilon_basic=report["basic"],
+              epsilon_advanced=report["advanced"], hospital_rounds=report["hospital_rounds"])
 
 
 def backdoor_evaluator(config, model, test):
@@ -139,11 +168,18 @@ def robustness_summary(config, records: list[dict]) -> dict:
   and honest updates it used) and, under a backdoor, `backdoor_success` (final and the mean
   of the last LAST_ROUNDS rounds)."""
   rule, p = builders.aggregation_rule(config), config.privacy
-  summary = dict(aggregation=dict(
-      config.aggregation.to_dict(),
-      privacy=aggregation.check_privacy_compatible(rule, p.noise_multiplier),
-      noise_std_on_update=aggregation.noise_on_update(rule, config.hospitals_per_round,
-                                                      p.noise_multiplier, p.clip_norm)))
+  if p.mechanism == "laplace_local":
+    why = ("laplace_local: every submission already carries its hospital's Laplace noise, so "
+           "any rule is post-processing of epsilon_round-DP releases")
+    # Per coordinate, the mean of m_t independent Laplace(b) noises: std sqrt(2) b / m_t.
+    std = (math.sqrt(2) * privacy.laplace_scale(p.clip_norm, p.laplace_epsilon)
+           / config.hospitals_per_round if rule.name == "mean" else None)
+  else:
+    why = aggregation.check_privacy_compatible(rule, p.noise_multiplier)
+    std = aggregation.noise_on_update(rule, config.hospitals_per_round, p.noise_multiplier,
+                                      p.clip_norm)
+  summary = dict(aggregation=dict(config.aggregation.to_dict(), privacy=why,
+                                  noise_std_on_update=std))
   if records and "aggregated" in records[-1]:
     totals = {k: sum(r[k] for r in records) for k in ("malicious_aggregated", "honest_aggregated")}
     summary["aggregation"].update(totals, aggregated=sum(len(r["aggregated"]) for r in records))
@@ -201,15 +237,22 @@ def train_and_evaluate(config, run_dir) -> dict:
                   "training continues without it", round_index + 1, sampled[~finite].tolist())
     # The accountant charges the m_t sampled, not the number accepted (privacy.py).
     history = history.after(len(sampled), p.noise_multiplier)  # each round at its own σ_t
-    epsilon = privacy.epsilon(config.num_hospitals, history.sampled, history.noise_multipliers,
-                              p.delta)
+    laplace = None
+    if p.mechanism == "laplace_local":  # every sampled hospital released one noised update
+      laplace = laplace_record(config, run.records, sampled, round_index)
+      epsilon = laplace.pop("epsilon")  # the line's `epsilon`, beside the other privacy fields
+    else:
+      epsilon = privacy.epsilon(config.num_hospitals, history.sampled,
+                                history.noise_multipliers, p.delta)
     record = round_metrics(round_index, sampled, out, evaluate(state.params), data.test.labels,
                            epsilon, config, round_times[-1],
-                           None if backdoor_success is None else backdoor_success(state.params))
+                           None if backdoor_success is None else backdoor_success(state.params),
+                           laplace)
     run.record(round_index, roles, sampled, out, state, record, history)
     reporting.log_round(record, config.num_rounds, round_times)
-  accountant = privacy.epsilon_report(config.num_hospitals, history.sampled,
-                                      history.noise_multipliers, p.delta)["accountant"]
+  accountant = ("laplace" if p.mechanism == "laplace_local" else
+                privacy.epsilon_report(config.num_hospitals, history.sampled,
+                                       history.noise_multipliers, p.delta)["accountant"])
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
                                 time.time() - started, environment.describe(jax.devices()),
                                 accountant, data.warnings,
@@ -218,5 +261,6 @@ def train_and_evaluate(config, run_dir) -> dict:
   summary.update(robustness_summary(config, run.records))
   reporting.write_outputs(pathlib.Path(run_dir), summary, run.records,
                           metrics_csv=config.metrics_csv, tensorboard=config.tensorboard)
-  run.close(("summary.json", "summary.md", "curves.png", "votes.png"))
+  run.close(("summary.json", "summary.md", "curves.png", "votes.png",
+             reporting.UPDATE_STATS_PLOT))
   return summary

@@ -5,7 +5,9 @@ replays the chain in force (validate.replay_records: links, proof of work at no 
 the verifier's minimum difficulty, signatures, registration, replay, consensus rules, signed
 truncations), then checks what the ledger claims about the folder: the hospitals' keys
 against trusted keys, the last block against a pinned head, every round's epsilon recomputed
-by the project's accountant from the recorded sigma, m_t, H and delta, every checkpoint a
+by the project's accountant from the recorded sigma, m_t, H and delta (under the local Laplace
+mechanism, from each round's recorded epsilon_round and sampled hospitals, composed per
+hospital: privacy.laplace_run_epsilon), every checkpoint a
 block names (confined to `checkpoints/<step>`, no symlinks; rotated-away ones are counted,
 changed ones fail naming the file), config.json against the config sha256 of the genesis or
 latest block, metrics.jsonl line by line against the rounds' blocks, and the files of the
@@ -42,6 +44,7 @@ from ccfl_jax.ledger import block as block_lib
 from ccfl_jax.ledger import identity as identity_lib
 from ccfl_jax.ledger import run_ledger
 from ccfl_jax.ledger import store
+from ccfl_jax.ledger import transactions as tx_lib
 from ccfl_jax.ledger import validate
 from ccfl_jax.ledger.canonical import sha256_hex
 from ccfl_jax.ledger.digests import (UnsafePath, checkpoint_digest, confined_checkpoint,
@@ -246,18 +249,51 @@ def _cached_epsilon(num_hospitals: int, rounds: tuple, delta: float) -> float:
   return privacy.epsilon(num_hospitals, [m for m, _ in rounds], [s for _, s in rounds], delta)
 
 
+def laplace_accountant_epsilon(sampled_per_round, epsilon_per_round, delta: float) -> float:
+  """The local Laplace mechanism's epsilon after the rounds: privacy.laplace_run_epsilon,
+  the accountant the training loop records with (each hospital composes the rounds it was
+  sampled in, at each round's recorded epsilon_round)."""
+  return privacy.laplace_run_epsilon(sampled_per_round, epsilon_per_round, delta)["epsilon"]
+
+
+def _mechanism(body) -> str:
+  return body.get("mechanism", "gaussian_central")
+
+
 def _check_epsilons(ledger) -> list[str]:
-  """Each round's recorded epsilon = the accountant's over rounds 0..r (relative 1e-6)."""
+  """Each round's recorded epsilon = the accountant's over rounds 0..r (relative 1e-6): the
+  Gaussian one from sigma and m_t, or the Laplace one from epsilon_round and the sampled
+  hospitals of round_start; one mechanism for the whole run."""
   num_hospitals = len(run_ledger.registered_public_keys(ledger))
-  rounds = []
+  rounds, sampled, round_epsilons, mechanism = [], [], [], None
   for b in _round_blocks(ledger):
     body = b.transactions[-1].body
+    if mechanism is not None and _mechanism(body) != mechanism:
+      raise _Failed(f"block {b.index} (round {b.round}), global_model: mechanism "
+                    f"{_mechanism(body)}, but earlier rounds ran {mechanism}: no accountant "
+                    "composes the two")
+    mechanism = _mechanism(body)
     rounds.append((int(body["num_sampled"]), float(body["sigma"])))
+    sampled.append(tuple(b.transactions[0].body["sampled"]))
+    round_epsilons.append(body.get("epsilon_round"))
     recorded = none_to(body["epsilon"], math.inf)
+    if mechanism == tx_lib.LAPLACE_LOCAL:
+      expected = laplace_accountant_epsilon(sampled, round_epsilons, body["delta"])
+      if not math.isclose(recorded, expected, rel_tol=EPSILON_RTOL):
+        raise _Failed(f"block {b.index} (round {b.round}), global_model: epsilon "
+                      f"{recorded:.6g} recorded, but the local Laplace accountant gives "
+                      f"{expected:.6g} for rounds 0-{b.round} (epsilon_round "
+                      f"{', '.join(f'{e:g}' for e in sorted(set(round_epsilons)))}, composed "
+                      f"per hospital over the rounds it was sampled in, delta {body['delta']:g})")
+      continue
     expected = accountant_epsilon(num_hospitals, rounds, body["delta"])
     _compare_epsilon(b, recorded, expected, num_hospitals, rounds, body["delta"])
   if not rounds:
     return []
+  if mechanism == tx_lib.LAPLACE_LOCAL:
+    return [f"epsilon of all {len(rounds)} rounds recomputed by the local Laplace accountant "
+            f"from the recorded epsilon_round and sampled hospitals, composed per hospital "
+            f"(basic or advanced at delta; final {recorded:.4g})"]
   return [f"epsilon of all {len(rounds)} rounds recomputed from the recorded sigma, m_t, "
           f"H = {num_hospitals} and delta (final {recorded:.4g})"]
 
@@ -520,6 +556,8 @@ def _contents(b, name) -> str:
                      for h in start["sampled"])
   epsilon = "inf" if final["epsilon"] is None else f"{final['epsilon']:.3g}"
   checkpoint = final["checkpoint"]["path"] if final["checkpoint"] else "-"
+  noise = (f"laplace_local eps_round {final['epsilon_round']:g}; B {final['clip_norm']:g}"
+           if _mechanism(final) == tx_lib.LAPLACE_LOCAL
+           else f"sigma {final['sigma']:g}; S {final['clip_norm']:g}")
   return (f"sampled {sampled}; accepted {len(accepted)}/{final['num_sampled']}; "
-          f"eps {epsilon}; sigma {final['sigma']:g}; S {final['clip_norm']:g}; "
-          f"checkpoint {checkpoint}")
+          f"eps {epsilon}; {noise}; checkpoint {checkpoint}")

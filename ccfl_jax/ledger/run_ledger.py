@@ -305,6 +305,9 @@ class GlobalModelRecord:
   checkpoint_dir: the orbax step folder holding this round's global model, or None in a
   round without a checkpoint, when params_digest (the global params' sha256) stands in.
   metrics_sha256 covers the round's metrics.jsonl line (verify checks it line by line).
+  laplace_epsilon: the round's epsilon per submission under privacy.mechanism =
+  laplace_local (epsilon is then the local mechanism's, composed per hospital; sigma 0,
+  clip_norm the L1 bound); None under gaussian_central.
   """
   epsilon: float
   delta: float
@@ -314,6 +317,7 @@ class GlobalModelRecord:
   params_digest: str | None = None
   metrics_sha256: str | None = None  # text_sha256 of the round's metrics.jsonl line
   config_sha256: str | None = None   # None: the RunLedger's config_sha256
+  laplace_epsilon: float | None = None  # laplace_local's per-round epsilon; None: gaussian
 
 
 def record_round(run: RunLedger, round_index: int, roles: RoundRoles, evidence: RoundEvidence,
@@ -363,7 +367,8 @@ def round_transactions(run: RunLedger, round_index: int, roles: RoundRoles,
       leader, round_index, _checkpoint_entry(run.run_dir, model.checkpoint_dir),
       model.params_digest, model.epsilon, model.delta, model.sigma, model.clip_norm,
       len(sampled), [i for i, keep in zip(sampled_ids, accepted) if keep],
-      model.metrics_sha256, model.config_sha256 or run.config_sha256))
+      model.metrics_sha256, model.config_sha256 or run.config_sha256,
+      laplace_epsilon=model.laplace_epsilon))
   return transactions
 
 

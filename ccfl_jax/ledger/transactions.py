@@ -28,7 +28,11 @@ Kinds, and who signs them:
 - global_model (the round's leader): round, sha256 of the orbax checkpoint (or null in a
   round without one) and of the global parameters, epsilon and delta spent so far, sigma,
   S, m_t, the accepted hospitals, and the sha256 of the round's metrics.jsonl line and of
-  the config.json in force (each null when the loop does not supply it).
+  the config.json in force (each null when the loop does not supply it). Under the local
+  Laplace mechanism (privacy.mechanism = laplace_local) also `mechanism` ("laplace_local")
+  and `epsilon_round`, the round's epsilon per submission (OPTIONAL_FIELDS: absent, the
+  round is gaussian_central's; so ledgers written before the Laplace mechanism still verify
+  and a gaussian run's blocks are unchanged); S is then the L1 bound B and sigma 0.
 - close_run (the leader the next round would have, alone in the closing block): the number
   of rounds, the sha256 of each output file (summary.json, summary.md, curves.png, ...) and
   the digest of each final checkpoint folder. Nothing may follow it but a signed truncation.
@@ -51,6 +55,9 @@ FIELDS = {
                      "clip_norm", "num_sampled", "accepted", "metrics_sha256", "config_sha256"),
     "close_run": ("rounds", "files", "checkpoints"),
 }
+# Fields a kind may carry beside FIELDS: all of them or none.
+OPTIONAL_FIELDS = {"global_model": ("mechanism", "epsilon_round")}
+LAPLACE_LOCAL = "laplace_local"  # privacy.MECHANISMS' local mechanism, as a block names it
 VOTE_FIELDS = ("hospital", "mae", "score", "norm", "cosine", "finite", "accept", "reason")
 KEY_MODES = ("random", "derived", "pem")
 
@@ -144,14 +151,20 @@ def vote(verifier: identity_lib.Identity, round_index: int, votes) -> Transactio
 def global_model(leader: identity_lib.Identity, round_index: int, checkpoint: dict | None,
                  params_sha256: str | None, epsilon: float, delta: float, sigma: float,
                  clip_norm: float, num_sampled: int, accepted, metrics_sha256: str | None = None,
-                 config_sha256: str | None = None) -> Transaction:
-  """checkpoint: {"path": relative to the run dir, "sha256", "files": {path: sha256}} or None."""
-  return signed(leader, "global_model", {
+                 config_sha256: str | None = None,
+                 laplace_epsilon: float | None = None) -> Transaction:
+  """checkpoint: {"path": relative to the run dir, "sha256", "files": {path: sha256}} or None;
+  laplace_epsilon: the round's epsilon per submission under laplace_local (None: the round
+  is gaussian_central's, and the optional fields are left out)."""
+  body = {
       "round": int(round_index), "checkpoint": checkpoint, "params_sha256": params_sha256,
       "epsilon": finite_or_none(epsilon), "delta": float(delta), "sigma": float(sigma),
       "clip_norm": float(clip_norm), "num_sampled": int(num_sampled),
       "accepted": list(accepted), "metrics_sha256": metrics_sha256,
-      "config_sha256": config_sha256})
+      "config_sha256": config_sha256}
+  if laplace_epsilon is not None:
+    body.update(mechanism=LAPLACE_LOCAL, epsilon_round=float(laplace_epsilon))
+  return signed(leader, "global_model", body)
 
 
 def close_run(leader: identity_lib.Identity, rounds: int, files: dict,

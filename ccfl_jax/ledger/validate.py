@@ -323,8 +323,11 @@ def _check_shape(t: tx_lib.Transaction, refuse) -> None:
   if t.kind not in tx_lib.FIELDS:
     refuse(f"unknown transaction kind {t.kind!r}")
   body = t.body
-  if set(body) != set(tx_lib.FIELDS[t.kind]):
-    refuse(f"fields {sorted(body)}, expected {sorted(tx_lib.FIELDS[t.kind])}")
+  optional = set(tx_lib.OPTIONAL_FIELDS.get(t.kind, ()))
+  if set(body) - optional != set(tx_lib.FIELDS[t.kind]) or set(body) & optional not in (
+      set(), optional):
+    extra = f" (optionally all of {sorted(optional)})" if optional else ""
+    refuse(f"fields {sorted(body)}, expected {sorted(tx_lib.FIELDS[t.kind])}{extra}")
   if "hospital" in body and t.kind != "vote" and body["hospital"] != t.author:
     refuse("signed by another hospital than the one it names")
 
@@ -438,6 +441,15 @@ def _check_global_model(current: _Round, epsilon: float, body, t, b, refuse):
   spent = none_to(body["epsilon"], math.inf)
   if spent < epsilon:
     refuse(f"epsilon decreased from {epsilon} to {spent}")
+  if "mechanism" in body:
+    if body["mechanism"] != tx_lib.LAPLACE_LOCAL:
+      refuse(f"mechanism {body['mechanism']!r}: a block names only {tx_lib.LAPLACE_LOCAL!r} "
+             "(no field: gaussian_central)")
+    round_epsilon = body["epsilon_round"]
+    if not (isinstance(round_epsilon, (int, float)) and 0 < round_epsilon < math.inf):
+      refuse(f"epsilon_round {round_epsilon!r}: expected a finite epsilon > 0")
+    if body["sigma"] != 0:
+      refuse(f"sigma {body['sigma']} under {tx_lib.LAPLACE_LOCAL}: the server adds no noise")
   checkpoint = body["checkpoint"]
   if checkpoint is not None:
     _check_checkpoint_entry(checkpoint, refuse)
