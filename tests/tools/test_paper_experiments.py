@@ -1,0 +1,49 @@
+"""tools/paper_experiments.py: its variants are valid configs; a tiny providers sweep end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ccfl_jax import configuration
+from tests.conftest import REPO_ROOT
+from tests.tools.test_report import _tool
+
+
+@pytest.mark.parametrize("experiment", ["providers", "fed_vs_central"])
+def test_every_variant_is_a_valid_config_that_changes_only_what_it_says(experiment):
+  tool = _tool("paper_experiments")
+  config_path, _, variants = tool.EXPERIMENTS[experiment]
+  base = configuration.load_config_file(REPO_ROOT / config_path)
+  for variant in variants:
+    config = tool.configured(config_path, variant, 1, 0, "x")
+    configuration.validate(config)
+    assert config.seed == 1 and config.num_rounds == base.num_rounds
+    assert config.dataset.to_dict() == base.dataset.to_dict()  # the same data for every variant
+  labels = [v.label for v in variants]
+  assert len(set(labels)) == len(labels)
+
+
+def test_a_tiny_providers_sweep_writes_its_table_plot_and_curves(tmp_path):
+  done = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "tools" / "paper_experiments.py"), "--experiment=providers",
+       "--seeds=0", "--num_rounds=2", "--config=configs/tiny.py",
+       f"--runs_dir={tmp_path / 'runs'}", f"--out_dir={tmp_path / 'out'}"],
+      capture_output=True, text=True, cwd=REPO_ROOT,
+      env={**__import__("os").environ, "CCFL_KEYSTORE": str(tmp_path / "keys")})
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = json.loads((tmp_path / "out" / "providers.json").read_text())
+  assert [r["variant"] for r in records] == ["3 hospitals", "5 hospitals", "7 hospitals",
+                                             "9 hospitals"]
+  assert all(len(r["accuracy"]) == len(r["loss"]) == 2 for r in records)
+  table = (tmp_path / "out" / "providers.md").read_text()
+  assert "--num_rounds=2 --config=configs/tiny.py" in table
+  for r in records:
+    assert f"| {r['variant']} | 1 | {r['final']['accuracy']:.3f} |" in table
+  assert (tmp_path / "out" / "providers.png").stat().st_size > 10_000
+  rerun = subprocess.run(  # finished runs are read back, not retrained
+      [sys.executable, str(REPO_ROOT / "tools" / "paper_experiments.py"), "--experiment=providers",
+       "--seeds=0", "--num_rounds=2", "--config=configs/tiny.py", "--report_only",
+       f"--runs_dir={tmp_path / 'runs'}", f"--out_dir={tmp_path / 'out'}"],
+      capture_output=True, text=True, cwd=REPO_ROOT)
+  assert rerun.returncode == 0 and json.loads((tmp_path / "out" / "providers.json").read_text()) == records
