@@ -53,9 +53,7 @@ EXPERIMENTS = {
     "fed_vs_central": ("configs/fed9.py", "Federated vs centralized on the same model, data "
                        "and local compute per round (the paper's Fig. 9)", (
         Variant("centralized (1 site, 90 steps/round)",
-                {**_hospitals(1), **NO_NOISE_NO_VOTE, "local_steps": 90,
-                 # 90 unrolled steps take minutes to compile; scanned, the same numbers
-                 "engine.unroll_local_steps": "false"}),
+                {**_hospitals(1), **NO_NOISE_NO_VOTE, "local_steps": 90}),
         Variant("federated iid (9 hospitals)", {**_hospitals(9), **NO_NOISE_NO_VOTE}),
         Variant("federated Dirichlet 0.5", {**_hospitals(9), **NO_NOISE_NO_VOTE,
                                             "partition.kind": "dirichlet",
