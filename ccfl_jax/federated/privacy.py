@@ -309,8 +309,10 @@ def laplace_epsilon(epsilon_round, rounds: int, delta: float) -> dict:
   if len(eps) != int(rounds):
     raise ValueError(f"{len(eps)} per-round epsilons for {rounds} rounds")
   basic = math.fsum(eps)
+  # e^ε_t overflows a float from ε_t ~ 709: the advanced bound is then unbounded (inf).
   advanced = (math.sqrt(2 * math.log(1 / delta) * math.fsum(e * e for e in eps))
-              + math.fsum(e * math.expm1(e) for e in eps)) if 0 < delta < 1 else math.inf
+              + math.fsum(e * (math.expm1(e) if e < 700 else math.inf) for e in eps)
+              ) if 0 < delta < 1 else math.inf
   if basic <= advanced:
     return dict(basic=basic, advanced=advanced, epsilon=basic, delta=0.0)
   return dict(basic=basic, advanced=advanced, epsilon=advanced, delta=float(delta))

@@ -106,3 +106,43 @@ def test_composition_edge_cases():
   assert r["advanced"] == math.inf and r["epsilon"] == r["basic"] and r["delta"] == 0.0
   with pytest.raises(ValueError):
     privacy.laplace_epsilon([0.1, 0.2], 3, 1e-5)
+  r = privacy.laplace_epsilon(1e4, 40, 1e-5)  # e^1e4 overflows: advanced unbounded, not a crash
+  assert r["advanced"] == math.inf and r["epsilon"] == 4e5 and r["delta"] == 0.0
+
+
+def test_run_epsilon_composes_each_hospitals_own_rounds_by_hand():
+  # Rounds sample {0, 1}, {1, 2}, {1} at eps_t 0.5, 0.5, 1.0. Hospital 1 took part in all
+  # three: basic 0.5 + 0.5 + 1 = 2; advanced at 1e-5: sqrt(2 ln(1e5) (0.25 + 0.25 + 1)) +
+  # 2 x 0.5 (e^0.5 - 1) + 1 (e - 1) = sqrt(34.538776) + 0.648721 + 1.718282
+  # = 5.876970 + 0.648721 + 1.718282 = 8.243973.
+  # Hospitals 0 and 2 (one round at 0.5): 0.5. The worst hospital's basic bound, at delta 0.
+  r = privacy.laplace_run_epsilon([[0, 1], [1, 2], [1]], [0.5, 0.5, 1.0], 1e-5)
+  assert r["epsilon"] == 2.0 and r["delta"] == 0.0 and r["composition"] == "basic"
+  assert r["hospital_rounds"] == 3 and r["basic"] == 2.0
+  np.testing.assert_allclose(r["advanced"], 8.243973, rtol=1e-6)
+  # Hospital 0 in every one of 10,000 rounds at 0.01, hospital 1 in every other one: the
+  # worst is hospital 0, advanced 5.803543 (test above) < basic 100, at delta 1e-5.
+  rounds = [[0, 1] if t % 2 else [0] for t in range(10_000)]
+  r = privacy.laplace_run_epsilon(rounds, [0.01] * 10_000, 1e-5)
+  np.testing.assert_allclose(r["epsilon"], 5.803543, rtol=1e-6)
+  assert r["delta"] == 1e-5 and r["composition"] == "advanced" and r["hospital_rounds"] == 10_000
+  np.testing.assert_allclose(r["basic"], 100.0, rtol=1e-12)
+  # No rounds: nothing released. Bad inputs refused.
+  assert privacy.laplace_run_epsilon([], [], 1e-5)["epsilon"] == 0.0
+  with pytest.raises(ValueError, match="2 per-round epsilons for 1 rounds"):
+    privacy.laplace_run_epsilon([[0]], [1.0, 1.0], 1e-5)
+  with pytest.raises(ValueError, match="finite and > 0"):
+    privacy.laplace_run_epsilon([[0]], [0.0], 1e-5)
+
+
+def test_run_epsilon_never_exceeds_the_bound_with_every_hospital_in_every_round():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    rounds = int(rng.integers(1, 60))
+    eps = rng.uniform(0.01, 2.0, rounds)
+    sampled = [rng.choice(9, int(rng.integers(1, 10)), replace=False).tolist()
+               for _ in range(rounds)]
+    worst = privacy.laplace_run_epsilon(sampled, eps, 1e-5)
+    every = privacy.laplace_epsilon(eps, rounds, 1e-5)  # T bounds every hospital
+    assert worst["epsilon"] <= every["epsilon"] * (1 + 1e-12)
+    assert worst["hospital_rounds"] <= rounds
