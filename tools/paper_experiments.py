@@ -121,17 +121,31 @@ def run_one(experiment: str, variant: Variant, seed: int, runs_dir: pathlib.Path
                     float(timing.read_text()) if timing.exists() else None)
 
 
-def _mean_sd(values) -> str:
+def _mean_sd(values, digits: int = 3) -> str:
   values = [v for v in values if v is not None]
   if not values:
     return "undefined"
   if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f"{values[0]:.{digits}f}"
+  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def _rounds_to(accuracy: list, level: float):
   return next((i + 1 for i, a in enumerate(accuracy) if a >= level), None)
+
+
+def setup_line(config_path: str, variants) -> str:
+  """What every variant shares and what each changes, read from the configs themselves."""
+  base = load_config_file(REPO / config_path)
+  changed = sorted({path for v in variants for path in v.overrides})
+  return (f"Shared: {base.dataset.num_patients} patients x {base.dataset.slices_per_patient} "
+          f"slices at {base.dataset.image_size} px, model {base.model.name}, K = "
+          f"{base.local_steps} local {base.local_optimizer.name} steps (lr "
+          f"{base.local_optimizer.learning_rate:g}) of batch {base.batch_size} per hospital and "
+          f"round, S = {base.privacy.clip_norm:g}, σ = {base.privacy.noise_multiplier:g} unless "
+          f"a variant sets it (the noise std σS is on the sum, divided by m_t: the fewer "
+          f"hospitals, the more noise on the mean; and each hospital takes K steps, so fewer "
+          f"hospitals also take fewer steps a round). Variants set: {', '.join(changed)}.")
 
 
 def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
@@ -147,6 +161,7 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
            f"({num_rounds or 'the config' + chr(39) + 's'} rounds; phantom CT, "
            "held-out test patients); mean ± sd over the n seeds that finished. Curves: "
            f"`results/{experiment}.png`; per run and round: `results/{experiment}.json`.", "",
+           setup_line(config_path, variants), "",
            f"| variant | n | final accuracy | accuracy, mean of the last {LAST_ROUNDS} rounds | "
            "final AUC | sensitivity | specificity | rounds to 0.9 accuracy | ε (δ 1e-5) | "
            "wall time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -165,7 +180,7 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
                       _mean_sd([r["final"]["specificity"] for r in rows]),
                       ", ".join("never" if x is None else str(x) for x in reach),
                       ", ".join(sorted(eps)),
-                      _mean_sd([r["wall_seconds"] for r in rows])]) + " |")
+                      _mean_sd([r["wall_seconds"] for r in rows], 0)]) + " |")
   return "\n".join(lines) + "\n"
 
 
