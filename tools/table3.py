@@ -28,6 +28,7 @@ lists what did not. A .json made with another setup is refused (choose another -
 """
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import platform
@@ -235,6 +236,39 @@ def _paper_cell(entry: Entry, index: int) -> str:
   return "-" if row is None else f"{row[2 + index]:g}"
 
 
+def metric_cell(values: list) -> str:
+  """Mean ± sd of the defined values (None: undefined), saying how many when some are not."""
+  defined = [v for v in values if v is not None]
+  cell = mean_sd(defined)
+  return cell if len(defined) == len(values) else f"{cell} ({len(defined)} of {len(values)})"
+
+
+def null_auc_sd(positives: int, negatives: int) -> float:
+  """The sd of a classifier's AUC when its scores ignore the image (Mann-Whitney U under
+  the null, no ties): sqrt((n1 + n0 + 1) / (12 n1 n0))."""
+  return math.sqrt((positives + negatives + 1) / (12 * positives * negatives))
+
+
+def chance_lines(table: dict) -> list[str]:
+  """Which models' mean AUC is within 1.96 null sds (over their seeds) of 0.5."""
+  d = table["data"]
+  sd = null_auc_sd(d["val_covid"], d["val"] - d["val_covid"])
+  near, far = [], []
+  for entry in ENTRIES:
+    aucs = [r["auc"] for r in table["records"]
+            if r["model"] == entry.model and r["auc"] is not None]
+    if aucs:
+      mean = sum(aucs) / len(aucs)
+      (near if abs(mean - 0.5) < 1.96 * sd / math.sqrt(len(aucs)) else far).append(
+          f"`{entry.model}` {mean:.3f}")
+  lines = [f"- Chance: a model whose scores ignore the image has an AUC of 0.5 ± {sd:.3f} (sd) "
+           f"on these {d['val']} val images. Mean AUC within 1.96 such sds (over its seeds) of "
+           f"0.5, so no evidence of learning at this budget: {', '.join(near) or 'none'}."]
+  if far:
+    lines.append(f"- Further from 0.5: {', '.join(far)}.")
+  return lines
+
+
 def table_rows(table: dict) -> list[str]:
   """The main table: one row per model that has records, ours beside the paper's numbers."""
   header = ["model", "head", "paper row (its head, pre-trained on)", "n", "params",
@@ -256,7 +290,7 @@ def table_rows(table: dict) -> list[str]:
              paper_text, str(len(records)), _g(model["parameters"]), _g(model["flops"]),
              _g(model["full_size"]["parameters"]), _g(model["full_size"]["flops"])]
     for name in METRICS:
-      cells.append(mean_sd([nulls.none_to(r[name]) for r in records]))
+      cells.append(metric_cell([r[name] for r in records]))
       if name in PAPER_METRICS:
         cells.append(_paper_cell(entry, PAPER_METRICS.index(name)))
     cells += [mean_sd([r["train_seconds"] for r in records], 0), f"{model['compile_seconds']:.0f}"]
@@ -303,8 +337,9 @@ def markdown(table: dict) -> str:
       f"`{s['mode']}`: images {s['image_size']} px, width multiplier {s['width']} "
       "(every layer's channels scaled, rounded to multiples of 8, or 16 in the Inception "
       f"models; depth and block structure as published), {s['epochs']} epochs, batch "
-      f"{s['batch_size']}, AdamW (peak lr {s['learning_rate']} after {s['warmup_epochs']} "
-      f"warm-up epoch(s), cosine decay to 5%, weight decay {s['weight_decay']}), random "
+      f"{s['batch_size']} ({s['epochs'] * (d['train'] // s['batch_size'])} steps), AdamW "
+      f"(peak lr {s['learning_rate']} after {s['warmup_epochs']} warm-up epoch(s), cosine "
+      f"decay to 5%, weight decay {s['weight_decay']}), random "
       "horizontal flips and shifts of up to 1/16 of the image; the same for every model "
       f"(`tools/train_centralized.py`'s recipe). Seeds {', '.join(map(str, table['seeds']))} "
       "(init, batch order, augmentation); mean ± sd over the n seeds. Machine: "
@@ -351,8 +386,15 @@ def markdown(table: dict) -> str:
       "models close to always answering COVID (IV3*: specificity 0.004, the paper's \"highest "
       "sensitivity\"). Precision here cannot be compared with theirs directly: the val split "
       f"is {covid:.0%} COVID, so the same behaviour would give precision about {covid:.2f}.",
-      "- With a few epochs from scratch at this size, models differ more by how fast they "
-      "start learning than by capacity; several seeds show how much of a gap is noise (sd).",
+      "- Pre-training: the paper's baselines start from ImageNet; here only EfficientNet-Lite0 "
+      "does (the from-scratch zoo has no ImageNet weights: GroupNorm replaces their BatchNorm), "
+      "so its row, not in the paper, is the closest to the paper's setting.",
+      *([] if s["mode"] != "cpu" else [
+          f"- Budget: {s['epochs'] * (d['train'] // s['batch_size'])} optimizer steps from "
+          "scratch is what the CPU allows for 16 models x the seeds; at this budget the models "
+          "differ more by how fast they start learning than by capacity. `--full` (or more "
+          "`--epochs`) on an accelerator is the comparison the paper's table implies."]),
+      *chance_lines(table),
       *one_class_lines(table["records"]),
   ]
   missing = missing_models(table)
