@@ -30,6 +30,7 @@ class Section(NamedTuple):
   source: str  # the results .md the section quotes (its tool's own write-up)
   figure: str | None  # a PNG beside it, or None
   findings: Callable[[pathlib.Path], list[str]]  # results dir -> sentences (numbers read)
+  command: str | None = None  # what made it, where its results file does not quote it first
 
 
 def read_json(results: pathlib.Path, name: str):
@@ -97,8 +98,9 @@ def ucsd_findings(results):
           f"{_mean(central):.3f} over {len(central)} seeds centralized, against the published "
           "0.94 of a centralized DenseNet-169 with self-supervised pretraining at full "
           "resolution.",
-          "The gap is the 128 px input and 12 epochs this CPU allows and a local optimizer "
-          "that restarts every round; the table lists every recipe tried, the misses included."]
+          "What closes the gap is not established: a learning-rate schedule across rounds did "
+          "not help (the one-cycle rows), and 224 px, the pretrained net's own size, has not "
+          "been run on this CPU; the table lists every recipe tried, the misses included."]
 
 
 def curves_findings(name: str, reference: str):
@@ -163,7 +165,8 @@ def table3_findings(results):
 SECTIONS = (
     Section("fed9", "The main job: 9 hospitals, DP, the MAE vote (phantom)",
             "Does the project's main job train, and what does its privacy guarantee mean?",
-            "fed9/summary.md", "fed9/curves.png", fed9_findings),
+            "fed9/summary.md", "fed9/curves.png", fed9_findings,
+            "python -m ccfl_jax.main --config=configs/fed9.py --config.results_dir=results"),
     Section("table3", "Table III: the model zoo on real CT",
             "How do the paper's CNN baselines and IV3* compare when trained alike?",
             "table3.md", None, table3_findings),
@@ -189,7 +192,7 @@ SECTIONS = (
 def section_lines(results: pathlib.Path, section: Section) -> list[str]:
   markdown = read_text(results, section.source)
   lines = [f"## {section.title}", "", f"**Question.** {section.question}", ""]
-  command = command_line(markdown)
+  command = section.command or command_line(markdown)
   lines += [f"**Made by** `{command}`; full write-up: [{section.source}]({section.source})."
             if command else f"**Full write-up:** [{section.source}]({section.source}).", ""]
   table = first_table(markdown)
