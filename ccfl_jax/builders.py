@@ -1,7 +1,7 @@
 """The factory layer: a run config -> the objects a round needs (no loop, no I/O).
 
-`config.model` -> models.from_config; `config.*_optimizer` -> server.optimizer_from_config
-(restricted to the model's trainable parameters, server.only_trainable) and
+`config.model` -> models.from_config; `config.*_optimizer` -> server.masked_optimizer
+(restricted to the model's trainable parameters) and
 `config.local_schedule` -> server.schedule_from_config; the global model before round 1 ->
 server.initial_state. Here: the round's settings (with its augmentation), the consensus
 rule, attack and aggregation rule it runs with, the device mesh and the engine that maps
@@ -40,10 +40,8 @@ def round_settings(config, model: models.ModelSpec) -> engine.RoundSettings:
   trainable = server.trainable_mask(config, model)  # traces the model's init once
   return engine.RoundSettings(
       model=model,
-      local_optimizer=server.only_trainable(server.optimizer_from_config(config.local_optimizer),
-                                            trainable),
-      server_optimizer=server.only_trainable(
-          server.optimizer_from_config(config.server_optimizer), trainable),
+      local_optimizer=server.masked_optimizer(config.local_optimizer, trainable),
+      server_optimizer=server.masked_optimizer(config.server_optimizer, trainable),
       local_steps=config.local_steps, batch_size=config.batch_size,
       clip_norm=config.privacy.clip_norm, noise_multiplier=config.privacy.noise_multiplier,
       unroll_local_steps=(mesh_lib.default_unroll_local_steps() if unroll == "auto"

@@ -32,6 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from ccfl_jax import training  # noqa: E402
 from ccfl_jax.configuration import load_config_file  # noqa: E402
+from ucsd_pretrained import mean_sd  # noqa: E402  (tools/ is on sys.path when run as a script)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -81,12 +82,7 @@ def define_flags():
 
 def configured(config_path: str, variant: Variant, seed: int, num_rounds: int, run_name: str):
   config = load_config_file(REPO / config_path)
-  for path, value in {**variant.overrides, "seed": seed, "run_name": run_name}.items():
-    *blocks, field = path.split(".")
-    block = config
-    for name in blocks:
-      block = getattr(block, name)
-    setattr(block, field, value)
+  config.update_from_flattened_dict({**variant.overrides, "seed": seed, "run_name": run_name})
   if num_rounds:
     config.num_rounds = num_rounds
   return config
@@ -119,15 +115,6 @@ def run_one(experiment: str, variant: Variant, seed: int, runs_dir: pathlib.Path
     timing.write_text(f"{time.time() - started:.1f}\n")
   return run_record(run_dir, variant, seed,
                     float(timing.read_text()) if timing.exists() else None)
-
-
-def _mean_sd(values, digits: int = 3) -> str:
-  values = [v for v in values if v is not None]
-  if not values:
-    return "undefined"
-  if len(values) == 1:
-    return f"{values[0]:.{digits}f}"
-  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def _rounds_to(accuracy: list, level: float):
@@ -174,13 +161,13 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
     eps = {("inf" if r["epsilon"] is None else f"{r['epsilon']:.4g}") for r in rows}
     lines.append(
         f"| {variant.label} | {len(rows)} | "
-        + " | ".join([_mean_sd([r["final"]["accuracy"] for r in rows]), _mean_sd(last),
-                      _mean_sd([r["final"]["auc"] for r in rows]),
-                      _mean_sd([r["final"]["sensitivity"] for r in rows]),
-                      _mean_sd([r["final"]["specificity"] for r in rows]),
+        + " | ".join([mean_sd([r["final"]["accuracy"] for r in rows]), mean_sd(last),
+                      mean_sd([r["final"]["auc"] for r in rows]),
+                      mean_sd([r["final"]["sensitivity"] for r in rows]),
+                      mean_sd([r["final"]["specificity"] for r in rows]),
                       ", ".join("never" if x is None else str(x) for x in reach),
                       ", ".join(sorted(eps)),
-                      _mean_sd([r["wall_seconds"] for r in rows], 0)]) + " |")
+                      mean_sd([r["wall_seconds"] for r in rows], 0)]) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -50,10 +50,10 @@ def schedule_from_config(block, total_steps: int):
   then cosine decay to 0; one_cycle: optax's one-cycle (from 1/25 up to 1 over
   warmup_fraction, cosine down to 1/25e4)."""
   total_steps = max(int(total_steps), 1)
-  warmup = int(round(block.warmup_fraction * total_steps))
   if block.name == "constant":
     return None
   if block.name == "cosine":
+    warmup = int(round(block.warmup_fraction * total_steps))
     return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps, 0.0)
   return optax.cosine_onecycle_schedule(total_steps, 1.0, pct_start=block.warmup_fraction)
 
@@ -65,6 +65,12 @@ def only_trainable(optimizer, mask) -> optax.GradientTransformation:
     return optimizer
   labels = jax.tree.map(lambda trains: "train" if trains else "frozen", mask)
   return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def masked_optimizer(block, mask) -> optax.GradientTransformation:
+  """The optimizer config `block` names (optimizer_from_config) on the parameters `mask`
+  leaves trainable (only_trainable)."""
+  return only_trainable(optimizer_from_config(block), mask)
 
 
 def trainable_mask(config, model: models.ModelSpec):
@@ -79,6 +85,5 @@ def initial_state(config, model: models.ModelSpec) -> ServerState:
   fresh server optimizer."""
   size = config.dataset.image_size
   params = jax.jit(model.module.init)(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)))
-  optimizer = only_trainable(optimizer_from_config(config.server_optimizer),
-                             model.trainable_mask(params))
-  return init_state(params, optimizer)
+  return init_state(params, masked_optimizer(config.server_optimizer,
+                                             model.trainable_mask(params)))
