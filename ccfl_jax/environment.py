@@ -10,7 +10,7 @@ import platform
 import subprocess
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "dp-accounting", "numpy",
-            "ecdsa", "pydicom")
+            "ecdsa", "coincurve", "pydicom")
 SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

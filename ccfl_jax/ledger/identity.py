@@ -20,16 +20,37 @@ message (they follow from the round and the registration order), and they do not
 on the keys: a run's training (whose validation batches judge each update is part of it)
 is the same for fresh random keys as for derived ones, and a hospital cannot grind key
 pairs until its node id lands next to the round targets and it leads or judges at will.
+
+Signatures: ECDSA on secp256k1 over sha256(message), RFC 6979 deterministic nonces, DER, as
+hex, the one format the ledger has always had. They are made and checked by libsecp256k1
+(through `coincurve`, pinned in pyproject.toml: ~60 us to sign, ~70 us to verify, 20-30x
+python-ecdsa, whose pure-Python arithmetic made signatures 90% of the ledger's time and
+would have cost ~3.6 s per round at m_t = 1,000). python-ecdsa stays for what is not on the
+hot path: key generation from os.urandom, PEM files (keystores written before keep
+loading) and parsing public keys handed in by auditors. Same key, same message: the same
+nonce, so the same r, and s is the one of {s, n - s} at most n / 2 (libsecp256k1 signs
+"low-S"); python-ecdsa left s as it came, so about half the signatures of older ledgers
+are high-S. `signature_is_valid` accepts both (it maps s > n / 2 to n - s before
+libsecp256k1, which accepts low-S only, checks it), exactly the signatures python-ecdsa
+accepted: (r, s) verifies iff (r, n - s) does, so nothing a forger could not already sign
+becomes valid. The DER must be strict (minimal lengths and integers, nothing trailing,
+0 < r, s < n), as python-ecdsa's encoder always wrote it. That s and n - s both verify (ECDSA
+malleability) lets anyone flip a signature's bytes without a key, as before; the flipped
+ledger says the same thing signed by the same hospitals, and the transaction's hash, the
+Merkle root and every later block hash change, so a pinned head (`verify --head`) still
+tells it from the published one.
 """
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 
+import coincurve
 import ecdsa
-from ecdsa.ellipticcurve import PointJacobi
-from ecdsa.util import sigdecode_der, sigencode_der
 
 CURVE = ecdsa.SECP256k1
+_ORDER = CURVE.order
+BACKEND = f"libsecp256k1 (coincurve {importlib.metadata.version('coincurve')})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +58,14 @@ class Identity:
   """One hospital's key pair. `signing_key` is None for an identity known only publicly."""
   public_key: bytes  # SEC1 compressed, 33 bytes
   signing_key: ecdsa.SigningKey | None = dataclasses.field(default=None, repr=False, compare=False)
+  # The same secret for libsecp256k1, which signs (derived from signing_key).
+  _signer: coincurve.PrivateKey | None = dataclasses.field(
+      default=None, init=False, repr=False, compare=False)
+
+  def __post_init__(self):
+    if self.signing_key is not None:
+      secret = self.signing_key.privkey.secret_multiplier.to_bytes(32, "big")
+      object.__setattr__(self, "_signer", coincurve.PrivateKey(secret))
 
   @property
   def node_id(self) -> str:
@@ -86,34 +115,67 @@ def compressed_public_key(data: bytes) -> bytes:
 
 
 def sign(identity: Identity, message: bytes) -> str:
-  """Deterministic (RFC 6979) ECDSA over sha256(message), DER, as hex."""
-  digest = hashlib.sha256(message).digest()
-  return identity.signing_key.sign_digest_deterministic(
-      digest, hashfunc=hashlib.sha256, sigencode=sigencode_der).hex()
+  """Deterministic (RFC 6979) ECDSA over sha256(message), DER, low-S, as hex."""
+  return identity._signer.sign(hashlib.sha256(message).digest(), hasher=None).hex()
 
 
-@functools.lru_cache(maxsize=4096)
-def verifying_key(public_key: bytes) -> ecdsa.VerifyingKey:
-  """A verifier for `public_key`, precomputed: verifying a long ledger reuses it thousands of times.
+@functools.lru_cache(maxsize=1 << 16)
+def verifying_key(public_key: bytes) -> coincurve.PublicKey:
+  """A verifier for `public_key` (SEC1 bytes); ValueError if it is not a point of the curve.
 
-  Memoized: precomputing costs about 10 ms, as much as a dozen verifications, and every
-  replay of a ledger (open, append, verify) needs the same few keys. The cache holds values
-  of a pure function of `public_key`, never anything a caller could observe changing.
+  Memoized (parsing costs ~10 us, and every replay of a ledger needs the same keys); the
+  cache holds values of a pure function of `public_key`.
   """
-  point = ecdsa.VerifyingKey.from_string(public_key, curve=CURVE).pubkey.point
-  # from_string leaves the point without its order, which precompute() needs; a point that
-  # knows it is a multiple of the generator verifies about 3x faster once precomputed.
-  point = PointJacobi(CURVE.curve, point.x(), point.y(), 1, CURVE.order, generator=True)
-  key = ecdsa.VerifyingKey.from_public_point(point, curve=CURVE, hashfunc=hashlib.sha256)
-  key.precompute()
-  return key
+  return coincurve.PublicKey(bytes(public_key))
 
 
-def signature_is_valid(key: ecdsa.VerifyingKey, message: bytes, signature_hex: str) -> bool:
+def clear_key_cache() -> None:
+  """Forget the parsed keys (benchmarks time a cold start with it)."""
+  verifying_key.cache_clear()
+
+
+def _der_integer(data: bytes, at: int) -> tuple[int, int]:
+  """A strict DER INTEGER at data[at:] in [1, n - 1]: (value, offset after it); ValueError."""
+  if at + 2 > len(data) or data[at] != 0x02:
+    raise ValueError("not a DER integer")
+  size = data[at + 1]
+  body = data[at + 2:at + 2 + size]
+  if size == 0 or size > 33 or len(body) != size or body[0] & 0x80:
+    raise ValueError("bad DER integer length or sign")
+  if size > 1 and body[0] == 0 and not body[1] & 0x80:
+    raise ValueError("non-minimal DER integer")
+  value = int.from_bytes(body, "big")
+  if not 0 < value < _ORDER:
+    raise ValueError("DER integer outside [1, n - 1]")
+  return value, at + 2 + size
+
+
+def _der_integer_bytes(value: int) -> bytes:
+  body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # a leading 0 keeps it positive
+  return bytes((0x02, len(body))) + body
+
+
+def low_s_der(signature: bytes) -> bytes:
+  """The strict-DER ECDSA signature (r, s) as (r, min(s, n - s)); ValueError if not strict DER
+  with 0 < r, s < n (module docstring)."""
+  if len(signature) < 8 or signature[0] != 0x30 or signature[1] != len(signature) - 2:
+    raise ValueError("not a DER sequence of the signature's length")
+  r, at = _der_integer(signature, 2)
+  s, end = _der_integer(signature, at)
+  if end != len(signature):
+    raise ValueError("bytes after the DER signature")
+  if 2 * s <= _ORDER:
+    return signature
+  pair = _der_integer_bytes(r) + _der_integer_bytes(_ORDER - s)
+  return bytes((0x30, len(pair))) + pair
+
+
+def signature_is_valid(key: coincurve.PublicKey, message: bytes, signature_hex: str) -> bool:
+  """Whether signature_hex is `key`'s ECDSA signature of sha256(message), low- or high-S."""
   try:
-    return key.verify_digest(bytes.fromhex(signature_hex), hashlib.sha256(message).digest(),
-                             sigdecode=sigdecode_der)
-  except (ecdsa.BadSignatureError, ecdsa.der.UnexpectedDER, ValueError):
+    signature = low_s_der(bytes.fromhex(signature_hex))
+    return key.verify(signature, hashlib.sha256(message).digest(), hasher=None)
+  except (ValueError, TypeError):
     return False
 
 
