@@ -32,6 +32,29 @@ few milliseconds), paid once by whoever holds the keys. It never proves who wrot
 it only means a verifier who insists on a high `--min_difficulty` (its own, never the
 ledger's) makes a rewrite slower. Without trusted keys, a ledger re-signed with fresh keys
 at that difficulty verifies, and verify says so.
+
+Scale (issue 12), and why none of it weakens the audit. A round block holds m_t + 5 signed
+transactions (round_start, one local_update per sampled hospital, 3 votes, global_model):
+at m_t = 1,000 a thousand signatures to make and, on every replay, to check. Three things
+keep that small (results/bench_ledger.md), and a forger's task is the same after them:
+- Signatures are made and checked by libsecp256k1 instead of pure-Python arithmetic
+  (identity.py). Same scheme, same bytes on disk (ECDSA secp256k1 over sha256, RFC 6979,
+  strict DER), and the verifier accepts exactly the signatures python-ecdsa accepted. To
+  forge one transaction a forger still needs its author's private key (or an ECDSA break);
+  to rewrite a round, the key of every hospital that signed in it.
+- The writer does not re-check the signatures it has just made (validate.append,
+  signed_here): it skips nothing for anyone else. A forger never goes through the writer's
+  commit; what he leaves in the folder is read back by open_run_ledger (resume) and by
+  verify, which replay every signature of every block. The one thing given up is finding a
+  broken signer at the moment it writes rather than at the next resume or verify.
+- Transactions are encoded once: the signed message and the Merkle leaf are spliced from a
+  transaction's canonical body (byte-identical to encoding the whole, tested), leaves are
+  memoized, and a round's checks are O(1) per transaction instead of O(m_t).
+What was not done, and why: signing one digest per hospital per round instead of one
+signature per transaction would save nothing, since each hospital already signs one
+transaction per round (its local_update or its vote; only the leader signs two); ECDSA has
+no batch verification (libsecp256k1 offers none), and Schnorr (BIP 340) batches would need a
+new signature format, versioned on the ledger, for at most ~2x.
 """
 import dataclasses
 import functools

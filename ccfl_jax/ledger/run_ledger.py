@@ -235,11 +235,16 @@ def _resumed_keys(ledger, run_dir, seed, num_hospitals, keys, keystore):
   return hospitals
 
 
+# How _commit validates its own block: every rule but its fresh signatures (validate.append).
+COMMIT_APPEND_OPTIONS = {"signed_here": True}
+
+
 def _commit(run: RunLedger, round_index: int, leader: str, transactions) -> RunLedger:
-  """Seal, validate, then persist one block; the returned value includes it."""
+  """Seal, validate (every rule but the signatures just made), then persist one block; the
+  returned value includes it."""
   sealed = block_lib.seal(len(run.ledger.blocks), run.ledger.head_hash, round_index, leader,
                           transactions, run.ledger.state.difficulty)
-  ledger = validate.append(run.ledger, sealed)
+  ledger = validate.append(run.ledger, sealed, **COMMIT_APPEND_OPTIONS)
   record = store.write_record(store.ledger_dir(run.run_dir), run.next_seq,
                               run.last_record_sha256, sealed)
   return dataclasses.replace(run, ledger=ledger, next_seq=run.next_seq + 1,

@@ -66,7 +66,7 @@ KEY_MODES = ("random", "derived", "pem")
 class Transaction:
   kind: str
   author: str       # node id of the signer
-  body_json: str    # canonical JSON of the body: a str keeps the value immutable
+  body_json: str    # canonical JSON of the body (canonical.py): a str keeps the value immutable
   signature: str    # hex DER
 
   @property
@@ -75,25 +75,42 @@ class Transaction:
     return json.loads(self.body_json)
 
   def signing_message(self) -> bytes:
-    return signing_message(self.kind, self.author, self.body)
+    """signing_message(kind, author, body), spliced from body_json (no re-encoding)."""
+    return _spliced({"author": self.author, "kind": self.kind}, self.body_json)
 
   def to_json(self) -> dict:
     return {"kind": self.kind, "author": self.author, "body": self.body,
             "signature": self.signature}
 
   def digest(self) -> str:
-    """The Merkle leaf: sha256 of the canonical encoding of all four fields."""
-    return sha256_hex(canonical_json(self.to_json()))
+    """The Merkle leaf: sha256 of the canonical encoding of all four fields (memoized: the
+    fields are immutable; sealing and validating a block both need every leaf)."""
+    cached = self.__dict__.get("_digest")
+    if cached is None:
+      cached = sha256_hex(_spliced({"author": self.author, "kind": self.kind,
+                                    "signature": self.signature}, self.body_json))
+      object.__setattr__(self, "_digest", cached)
+    return cached
 
 
 def signing_message(kind: str, author: str, body: dict) -> bytes:
   return canonical_json({"kind": kind, "author": author, "body": body})
 
 
+def _spliced(fields: dict, body_json: str) -> bytes:
+  """canonical_json({**fields, "body": json.loads(body_json)}) for string-valued `fields`
+  and a canonical body_json, without decoding and re-encoding the body: the keys sort as
+  author < body < kind < signature, and a canonical value's encoding is body_json itself."""
+  items = sorted([(name, json.dumps(value, ensure_ascii=False)) for name, value in fields.items()]
+                 + [("body", body_json)])
+  return ("{" + ",".join(f'"{name}":{value}' for name, value in items) + "}").encode("utf-8")
+
+
 def signed(signer: identity_lib.Identity, kind: str, body: dict) -> Transaction:
   author = signer.node_id
-  signature = identity_lib.sign(signer, signing_message(kind, author, body))
-  return Transaction(kind, author, canonical_json(body).decode("utf-8"), signature)
+  body_json = canonical_json(body).decode("utf-8")  # encoded once, spliced into the message
+  signature = identity_lib.sign(signer, _spliced({"author": author, "kind": kind}, body_json))
+  return Transaction(kind, author, body_json, signature)
 
 
 def from_json(record: dict) -> Transaction:
