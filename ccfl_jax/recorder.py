@@ -21,10 +21,10 @@ import pathlib
 import jax
 import numpy as np
 
-from ccfl_jax import checkpointing, configuration, files, reporting, tree_util
+from ccfl_jax import checkpointing, configuration, files, reporting
 from ccfl_jax.ledger import consensus, run_ledger, store as ledger_store
 from ccfl_jax.ledger.consensus import ConsensusRule
-from ccfl_jax.ledger.digests import update_digest
+from ccfl_jax.ledger.digests import update_digest, update_digests
 
 LOG = logging.getLogger("ccfl_jax")
 
@@ -158,7 +158,7 @@ def round_evidence(sampled: np.ndarray, out, publish_norms: bool) -> run_ledger.
   published only where the magnitude check needs it: like the MAEs, it is not covered by
   the DP guarantee (ledger/consensus.py); whether its update is finite always is."""
   return run_ledger.RoundEvidence(
-      tuple(int(h) for h in sampled), tuple(update_digest(u) for u in tree_util.unstack(out.updates)),
+      tuple(int(h) for h in sampled), update_digests(out.updates),
       np.asarray(out.self_mae), np.asarray(out.mae), np.asarray(out.vote_scores),
       np.asarray(out.accepted), np.asarray(out.update_norm) if publish_norms else None,
       None if out.cosines is None else np.asarray(out.cosines), finite_updates(out))

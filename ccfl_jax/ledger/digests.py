@@ -29,19 +29,60 @@ from ccfl_jax.ledger.canonical import canonical_json
 _CHUNK = 1 << 20
 
 
-def update_digest(tree) -> str:
-  """sha256 hex of one hospital's (clipped) update pytree, see module docstring."""
+def _little_endian_leaves(tree) -> list[tuple[str, np.ndarray]]:
+  """(key path, host array in little-endian C order) per leaf, sorted by key path."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  digest = hashlib.sha256()
+  out = []
   for path, leaf in sorted(((jax.tree_util.keystr(p), l) for p, l in leaves),
                            key=lambda item: item[0]):
     array = np.asarray(jax.device_get(leaf))
-    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
-    header = canonical_json({"path": path, "dtype": array.dtype.str,
-                             "shape": list(array.shape)})
-    digest.update(len(header).to_bytes(8, "big") + header)
-    digest.update(array.tobytes())
+    out.append((path, np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"),
+                                                        copy=False))))
+  return out
+
+
+def _header(path: str, dtype: np.dtype, shape) -> bytes:
+  header = canonical_json({"path": path, "dtype": dtype.str, "shape": list(shape)})
+  return len(header).to_bytes(8, "big") + header
+
+
+def _raw(array: np.ndarray) -> np.ndarray:
+  """The array's bytes as a uint8 view (no copy; any dtype, bfloat16 included)."""
+  return array.reshape(-1).view(np.uint8)
+
+
+def update_digest(tree) -> str:
+  """sha256 hex of one hospital's (clipped) update pytree, see module docstring."""
+  digest = hashlib.sha256()
+  for path, array in _little_endian_leaves(tree):
+    digest.update(_header(path, array.dtype, array.shape))
+    digest.update(_raw(array))
   return digest.hexdigest()
+
+
+def update_digests(stacked) -> tuple[str, ...]:
+  """update_digest of every entry of a stacked pytree (leading axis: hospitals), equal to
+  [update_digest(entry) for entry in tree_util.unstack(stacked)] without unstacking: each
+  leaf is made host little-endian and its header encoded once, its rows hashed in place
+  (at m_t = 1,000 small-CNN updates 0.2 s instead of 0.6 s, most of it sha256 itself;
+  hashing rows in 2 threads was slower on the 2-core CPU, most rows being too small for
+  hashlib to release the GIL)."""
+  leaves = _little_endian_leaves(stacked)
+  if not leaves:
+    return ()
+  # An entry's scalar leaf reads as shape [1] in update_digest (np.ascontiguousarray makes a
+  # 0-d array 1-d), so it does here too.
+  headers = [_header(path, array.dtype, array.shape[1:] if array.ndim > 1 else (1,))
+             for path, array in leaves]
+
+  def one(i: int) -> str:
+    digest = hashlib.sha256()
+    for header, (_, array) in zip(headers, leaves):
+      digest.update(header)
+      digest.update(_raw(array[i]))
+    return digest.hexdigest()
+
+  return tuple(one(i) for i in range(leaves[0][1].shape[0]))
 
 
 CHECKPOINT_PATH = re.compile(r"checkpoints/[0-9]+")

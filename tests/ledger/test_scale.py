@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from ccfl_jax.ledger import audit
 from ccfl_jax.ledger import block as block_lib
 from ccfl_jax.ledger import consensus
+from ccfl_jax.ledger import digests
 from ccfl_jax.ledger import identity
 from ccfl_jax.ledger import run_ledger
 from ccfl_jax.ledger import store
@@ -256,3 +257,39 @@ def test_a_bad_signature_the_writer_persisted_is_refused_on_resume_and_by_verify
   report = audit.verify_run(run.run_dir)
   assert not report.ok and report.failure.startswith("block 1 (round 0), transaction 0")
   assert "bad signature" in report.failure and "ledger/00000001.json" in report.failure
+
+
+def old_update_digest(tree) -> str:
+  """digests.update_digest as it was (bytes copied out with tobytes): digests on older
+  ledgers must not change."""
+  import jax
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for path, leaf in sorted(((jax.tree_util.keystr(p), l) for p, l in leaves),
+                           key=lambda item: item[0]):
+    array = np.asarray(leaf)
+    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+    header = canonical_json({"path": path, "dtype": array.dtype.str, "shape": list(array.shape)})
+    digest.update(len(header).to_bytes(8, "big") + header)
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def test_stacked_update_digests_equal_each_entrys_digest_as_before():
+  import ml_dtypes
+  from ccfl_jax import tree_util
+  rng = np.random.default_rng(0)
+  n = 7
+  stacked = {"conv": {"kernel": rng.normal(size=(n, 3, 3, 2)).astype(np.float32),
+                      "bias": rng.normal(size=(n, 2)).astype(">f4")},  # big-endian on the host
+             "head": [rng.normal(size=(n, 5)).astype(ml_dtypes.bfloat16),
+                      rng.integers(-9, 9, (n, 4)).astype(np.int8)],
+             "scale": rng.normal(size=n),              # a scalar per entry
+             "mask": rng.random((n, 3)) < 0.5,
+             "strided": rng.normal(size=(n, 6)).astype(np.float32)[:, ::2]}  # not contiguous
+  entries = tree_util.unstack(stacked)
+  expected = tuple(old_update_digest(e) for e in entries)
+  assert len(set(expected)) == n
+  assert digests.update_digests(stacked) == expected
+  assert tuple(digests.update_digest(e) for e in entries) == expected
+  assert digests.update_digests({}) == ()
