@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 
 from ccfl_jax.ledger import transactions as tx_lib
-from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
+from ccfl_jax.ledger.canonical import canonical_json, canonical_object, canonical_text, sha256_hex
 
 GENESIS_PREV_HASH = "0" * 64
 SETUP_ROUND = -1
@@ -48,6 +48,13 @@ class Block:
   def to_json(self) -> dict:
     return {**self.header(), "hash": self.hash,
             "transactions": [t.to_json() for t in self.transactions]}
+
+  def canonical_text(self) -> str:
+    """canonical_text(self.to_json()), spliced from the transactions' canonical encodings."""
+    return canonical_object(
+        {**{name: canonical_text(value) for name, value in self.header().items()},
+         "hash": canonical_text(self.hash),
+         "transactions": "[" + ",".join(t.canonical_text() for t in self.transactions) + "]"})
 
 
 def header(index, prev_hash, merkle_root, round_index, leader, difficulty, nonce) -> dict:

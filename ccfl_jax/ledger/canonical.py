@@ -17,5 +17,20 @@ def canonical_json(value) -> bytes:
                     allow_nan=False).encode("utf-8")
 
 
+def canonical_text(value) -> str:
+  """canonical_json as a str (a str value by json's own string encoder: what json.dumps
+  calls for it with ensure_ascii=False, without building an encoder)."""
+  if isinstance(value, str):
+    return json.encoder.encode_basestring(value)
+  return canonical_json(value).decode("utf-8")
+
+
+def canonical_object(encoded: dict[str, str]) -> str:
+  """canonical_text({key: value}) from each value's canonical_text, without decoding and
+  re-encoding them: how a transaction's signed message and hashed encoding and a block's
+  record are built from a transaction's body_json (the same bytes, tested)."""
+  return "{" + ",".join(f"{canonical_text(key)}:{encoded[key]}" for key in sorted(encoded)) + "}"
+
+
 def sha256_hex(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()

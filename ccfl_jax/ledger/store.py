@@ -29,7 +29,7 @@ import pathlib
 
 from ccfl_jax import failpoints
 from ccfl_jax.ledger import block as block_lib
-from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
+from ccfl_jax.ledger.canonical import canonical_json, canonical_object, canonical_text, sha256_hex
 
 GENESIS_RECORD_HASH = "0" * 64
 
@@ -79,14 +79,27 @@ def _unsealed(seq: int, kind: str, body: dict, prev_sha: str) -> dict:
   return {"seq": seq, "kind": kind, "body": body, "prev_record_sha256": prev_sha}
 
 
+def _encoded_record(seq: int, prev_record_sha256: str, content) -> tuple[bytes, str]:
+  """(the record file's bytes, record_sha256): canonical_json of the record with its hash,
+  built around the block's spliced encoding (Block.canonical_text) so that a block of
+  m_t = 1,000 transactions is never decoded and re-encoded to be written."""
+  if isinstance(content, block_lib.Block):
+    kind, body = "block", content.canonical_text()
+  else:
+    kind, body = _body(content)
+    body = canonical_text(body)
+  fields = {"seq": canonical_text(seq), "kind": canonical_text(kind), "body": body,
+            "prev_record_sha256": canonical_text(prev_record_sha256)}
+  record_sha = sha256_hex(canonical_object(fields).encode("utf-8"))
+  data = canonical_object({**fields, "record_sha256": canonical_text(record_sha)})
+  return data.encode("utf-8"), record_sha
+
+
 def write_record(directory, seq: int, prev_record_sha256: str, content) -> Record:
   """Atomically add record `seq` (never replaces one); returns it with its hash."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  kind, body = _body(content)
-  record = _unsealed(seq, kind, body, prev_record_sha256)
-  record_sha = sha256_hex(canonical_json(record))
-  data = canonical_json({**record, "record_sha256": record_sha})
+  data, record_sha = _encoded_record(seq, prev_record_sha256, content)
   final = directory / record_name(seq)
   temporary = directory / f".{record_name(seq)}.tmp-{os.getpid()}"
   with open(temporary, "wb") as f:

@@ -41,7 +41,7 @@ import dataclasses
 import json
 
 from ccfl_jax.ledger import identity as identity_lib
-from ccfl_jax.ledger.canonical import canonical_json, sha256_hex
+from ccfl_jax.ledger.canonical import canonical_json, canonical_object, canonical_text, sha256_hex
 from ccfl_jax.nulls import finite_or_none
 
 FIELDS = {
@@ -78,6 +78,11 @@ class Transaction:
     """signing_message(kind, author, body), spliced from body_json (no re-encoding)."""
     return _spliced({"author": self.author, "kind": self.kind}, self.body_json)
 
+  def canonical_text(self) -> str:
+    """canonical_text(self.to_json()), spliced from body_json."""
+    return _spliced_text({"author": self.author, "kind": self.kind,
+                          "signature": self.signature}, self.body_json)
+
   def to_json(self) -> dict:
     return {"kind": self.kind, "author": self.author, "body": self.body,
             "signature": self.signature}
@@ -87,8 +92,7 @@ class Transaction:
     fields are immutable; sealing and validating a block both need every leaf)."""
     cached = self.__dict__.get("_digest")
     if cached is None:
-      cached = sha256_hex(_spliced({"author": self.author, "kind": self.kind,
-                                    "signature": self.signature}, self.body_json))
+      cached = sha256_hex(self.canonical_text().encode("utf-8"))
       object.__setattr__(self, "_digest", cached)
     return cached
 
@@ -97,13 +101,15 @@ def signing_message(kind: str, author: str, body: dict) -> bytes:
   return canonical_json({"kind": kind, "author": author, "body": body})
 
 
+def _spliced_text(fields: dict, body_json: str) -> str:
+  """canonical_text({**fields, "body": json.loads(body_json)}) for a canonical body_json,
+  without decoding and re-encoding the body (canonical.canonical_object)."""
+  return canonical_object({**{name: canonical_text(value) for name, value in fields.items()},
+                           "body": body_json})
+
+
 def _spliced(fields: dict, body_json: str) -> bytes:
-  """canonical_json({**fields, "body": json.loads(body_json)}) for string-valued `fields`
-  and a canonical body_json, without decoding and re-encoding the body: the keys sort as
-  author < body < kind < signature, and a canonical value's encoding is body_json itself."""
-  items = sorted([(name, json.dumps(value, ensure_ascii=False)) for name, value in fields.items()]
-                 + [("body", body_json)])
-  return ("{" + ",".join(f'"{name}":{value}' for name, value in items) + "}").encode("utf-8")
+  return _spliced_text(fields, body_json).encode("utf-8")
 
 
 def signed(signer: identity_lib.Identity, kind: str, body: dict) -> Transaction:

@@ -293,3 +293,23 @@ def test_stacked_update_digests_equal_each_entrys_digest_as_before():
   assert digests.update_digests(stacked) == expected
   assert tuple(digests.update_digest(e) for e in entries) == expected
   assert digests.update_digests({}) == ()
+
+
+def test_records_are_written_as_the_canonical_json_of_the_whole_record(big_run):
+  """store writes a block's record spliced from its transactions' encodings: the bytes are
+  canonical_json of the record as a JSON value, byte for byte (what read_records demands)."""
+  records = store.read_records(store.ledger_dir(big_run.run_dir))
+  for record in records:
+    value = {"seq": record.seq, "kind": "block", "body": record.content.to_json(),
+             "prev_record_sha256": records[record.seq - 1].record_sha256 if record.seq
+             else store.GENESIS_RECORD_HASH}
+    assert record.record_sha256 == sha256_hex(canonical_json(value))
+    assert record.path.read_bytes() == canonical_json({**value,
+                                                       "record_sha256": record.record_sha256})
+  truncation = store.Truncation(1, "résumé \u2028 \"quoted\"", "ab" * 32, "3044")
+  data, sha = store._encoded_record(5, "cd" * 32, truncation)
+  value = {"seq": 5, "kind": "truncate", "prev_record_sha256": "cd" * 32,
+           "body": {"keep_blocks": 1, "reason": truncation.reason, "signer": "ab" * 32,
+                    "signature": "3044"}}
+  assert (data, sha) == (canonical_json({**value, "record_sha256": sha256_hex(
+      canonical_json(value))}), sha256_hex(canonical_json(value)))
