@@ -67,4 +67,5 @@ def build_round(config, model: models.ModelSpec, mesh):
   settings = round_settings(config, model)
   if config.engine.kind == "sequential":
     return engine.sequential_round(settings)
-  return engine.compiled_round(settings, mesh, hospital_axis(config, model))
+  return engine.compiled_round(settings, mesh, hospital_axis(config, model),
+                               config.engine.data_placement)

@@ -106,6 +106,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.engine.hospital_axis = "auto"  # auto | vmap | unroll (within one device)
   c.engine.unroll_local_steps = "auto"  # auto | true | false
   c.engine.num_devices = 0        # 0 = all local devices
+  # host: the hospitals' slices stay in host memory, each round moves only what it reads
+  # (device memory independent of H); device: all of them replicated on every device once
+  # (compiled engine only). Same numbers (federated/round_data.py).
+  c.engine.data_placement = "host"
 
   # The run's audit ledger (ccfl_jax/ledger) and the MAE-vote consensus it records (eqs. 14-15).
   c.ledger = ml_collections.ConfigDict()
@@ -205,7 +209,7 @@ def choices() -> dict[str, tuple[str, ...]]:
   # Late imports, deliberately: config files import this module for default_config(), and
   # should not pay for JAX and the models on import.
   from ccfl_jax.data import errors, partition
-  from ccfl_jax.federated import aggregation, attacks, engine, privacy, server
+  from ccfl_jax.federated import aggregation, attacks, engine, privacy, round_data, server
   from ccfl_jax.ledger import consensus
   return {
       "partition.kind": partition.PARTITIONERS,
@@ -213,6 +217,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "engine.kind": engine.ENGINES,
       "engine.hospital_axis": ("auto",) + engine.HOSPITAL_AXES,
       "engine.unroll_local_steps": UNROLL_CHOICES,
+      "engine.data_placement": round_data.PLACEMENTS,
       "ledger.consensus.rule": consensus.RULES,
       "ledger.key_source": ("random", "derived", "pem"),
       "attack.kind": attacks.KINDS,
@@ -352,6 +357,9 @@ def validate(config) -> None:
   _check(config.partition.alpha > 0, "partition.alpha", "> 0", config)
   _check(0 <= config.dataset.covid_fraction <= 1, "dataset.covid_fraction", "in [0, 1]", config)
   _check(config.engine.num_devices >= 0, "engine.num_devices", ">= 0 (0 = all devices)", config)
+  _check(config.engine.kind == "compiled" or config.engine.data_placement == "host",
+         "engine.data_placement", "host under engine.kind = sequential (its loop hands each "
+         "hospital its slices from host memory)", config)
   _check(isinstance(config.ledger.enabled, bool), "ledger.enabled", "True or False", config)
   _check(0 <= config.ledger.difficulty <= 24, "ledger.difficulty", "proof-of-work bits in [0, 24]",
          config)

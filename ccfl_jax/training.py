@@ -203,7 +203,7 @@ def train_and_evaluate(config, run_dir) -> dict:
   model = models.from_config(config)
   mesh = mesh_lib.hospital_mesh(config.engine.num_devices)
   run_round = builders.build_round(config, model, mesh)
-  device_data = engine.put_hospital_data(data.hospitals, mesh, config.engine.kind)
+  device_data = engine.put_hospital_data(data.hospitals, mesh, config.engine.data_placement)
   evaluate = inference.make_evaluator(model, data.test.images, data.test.labels,
                                       config.eval_batch_size)
   backdoor_success = backdoor_evaluator(config, model, data.test)

@@ -70,17 +70,17 @@ def bench_case(model_name, num_hospitals, mesh, rounds):
   params = model.module.init(jax.random.key(0), jnp.zeros((1,) + data.images.shape[2:]))
   state = server.init_state(params, settings.server_optimizer)
   sampled = np.arange(num_hospitals)
-  engines = {"sequential": (engine.sequential_round(settings), "sequential")}
+  engines = {"sequential": (engine.sequential_round(settings), "host")}
   for axis in ("unroll", "vmap"):
-    engines[f"compiled/{axis}"] = (engine.compiled_round(settings, mesh, axis), "compiled")
+    engines[f"compiled/{axis}"] = (engine.compiled_round(settings, mesh, axis), "host")
   forward = jax.jit(model.module.apply).lower(
       params, jnp.zeros((32,) + data.images.shape[2:])).compile().cost_analysis()
   forward = forward[0] if isinstance(forward, list) else forward
   # forward + backward ~ 3 forwards, per local step, per hospital
   round_gflop = 3 * forward.get("flops", float("nan")) * _LOCAL_STEPS.value * num_hospitals / 1e9
   rows = []
-  for name, (run_round, kind) in engines.items():
-    device_data = engine.put_hospital_data(data, mesh, kind)
+  for name, (run_round, placement) in engines.items():
+    device_data = engine.put_hospital_data(data, mesh, placement)
     first, median = time_rounds(run_round, state, device_data, sampled, rounds)
     rows.append(dict(model=model_name, model_kwargs=model_kwargs, image_size=image_size,
                      hospitals=num_hospitals, engine=name, round_gflop=round_gflop,

@@ -258,19 +258,32 @@ def stamp_trigger(images, size: int = Attack.trigger_size):
   return jnp.where(square[:, :, None], jnp.asarray(TRIGGER_VALUE, images.dtype), images)
 
 
+def poisoned_slots(attack: Attack, malicious, key, capacity: int):
+  """bool [capacity]: the slots of a hospital's padded slice arrays the backdoor stamps this
+  round, each with probability poison_fraction (drawn from `key`); none unless it attacks."""
+  return jnp.asarray(malicious, bool) & (
+      jax.random.uniform(key, (capacity,)) < attack.poison_fraction)
+
+
+def stamp_slots(attack: Attack, images, labels, chosen):
+  """(images [..., H, W, C], labels [...]) with the `chosen` ones stamped and relabelled
+  target_label (chosen: bool, the shape of labels)."""
+  images = jnp.where(chosen[..., None, None, None], stamp_trigger(images, attack.trigger_size),
+                     images)
+  labels = jnp.where(chosen, jnp.asarray(attack.target_label, labels.dtype), labels)
+  return images, labels
+
+
 def poison_batch(attack: Attack, images, labels, malicious, key):
   """A hospital's training (images [n, H, W, C], labels [n]) after the backdoor, if it attacks.
 
   Each slice of a malicious hospital is stamped and relabelled target_label with probability
-  poison_fraction (drawn from `key`); honest hospitals and other kinds get their data back.
+  poison_fraction (poisoned_slots); honest hospitals and other kinds get their data back.
   """
   if attack.kind != "backdoor":
     return images, labels
-  chosen = jnp.asarray(malicious, bool) & (
-      jax.random.uniform(key, (labels.shape[0],)) < attack.poison_fraction)
-  images = jnp.where(_rows(chosen, images), stamp_trigger(images, attack.trigger_size), images)
-  labels = jnp.where(chosen, jnp.asarray(attack.target_label, labels.dtype), labels)
-  return images, labels
+  return stamp_slots(attack, images, labels,
+                     poisoned_slots(attack, malicious, key, labels.shape[0]))
 
 
 def backdoor_success_rate(covid_probability, labels, target_label: int):

@@ -14,7 +14,7 @@ trained, on the round's stacked updates (engine.py), not here.
 """
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,10 +88,55 @@ def train_step(model, optimizer):
   return step
 
 
+class LocalBatches(NamedTuple):
+  """What one hospital trains on in a round: its K batches (images [K, B, ...], labels [K, B])
+  and, under a backdoor, which of them it stamps (bool [K, B]; None otherwise). Gathered from
+  its slices by `batch_plan`'s indices, on the host or on the device (engine.py)."""
+  images: Any
+  labels: Any
+  poisoned: Any = None
+
+
+class BatchPlan(NamedTuple):
+  """Indices into one hospital's padded slice arrays: index [K, B] (client.local_batches) and,
+  under a backdoor, poisoned [K, B] (attacks.poisoned_slots at those slots; None otherwise)."""
+  index: Any
+  poisoned: Any = None
+
+
+def batch_plan(key, count, capacity: int, malicious, *, local_steps: int, batch_size: int,
+               attack=attacks.Attack()) -> BatchPlan:
+  """Which of its slots a hospital trains on this round (and which a backdoor stamps): a pure
+  function of its key, slice count and padded capacity, so the batches can be gathered
+  wherever its slices live."""
+  index = local_batches(key, count, capacity, local_steps, batch_size)
+  if attack.kind != "backdoor":  # no key drawn otherwise: other kinds trace as before
+    return BatchPlan(index)
+  slots = attacks.poisoned_slots(attack, malicious, jax.random.fold_in(key, BACKDOOR_KEY),
+                                 capacity)
+  return BatchPlan(index, slots[index])
+
+
+def gather_batches(images, labels, plan: BatchPlan) -> LocalBatches:
+  """The hospital's LocalBatches from its padded slice arrays (numpy or jax alike)."""
+  return LocalBatches(images[plan.index], labels[plan.index], plan.poisoned)
+
+
 def local_training(params, images, labels, count, key, first_step=0, *, model, optimizer,
                    local_steps, batch_size, unroll, augment=augment_lib.AugmentSettings(),
                    schedule=None):
-  """K optimizer steps from the global params; returns (local params, mean local loss).
+  """K optimizer steps from the global params on the hospital's padded slice arrays (its
+  batches drawn by client.local_batches); returns (local params, mean local loss)."""
+  index = local_batches(key, count, images.shape[0], local_steps, batch_size)
+  return train_on_batches(params, images[index], labels[index], key, first_step, model=model,
+                          optimizer=optimizer, unroll=unroll, augment=augment,
+                          schedule=schedule)
+
+
+def train_on_batches(params, batch_images, batch_labels, key, first_step=0, *, model, optimizer,
+                     unroll, augment=augment_lib.AugmentSettings(), schedule=None):
+  """One optimizer step per batch (batch_images [K, B, ...], batch_labels [K, B]) from the
+  global params; returns (local params, mean local loss).
 
   Step k's batch is augmented with fold_in(fold_in(key, AUGMENT_KEY), k) when
   `augment.enabled` (off: the batch as stored, and no key is drawn); with a `schedule`,
@@ -102,25 +147,34 @@ def local_training(params, images, labels, count, key, first_step=0, *, model, o
 
   def step(carry, step_inputs):
     p, opt_state = carry
-    step_index, batch_index = step_inputs
-    batch_images = images[batch_index]
+    step_index, images, labels = step_inputs
     if augment.enabled:
-      batch_images = augment_lib.augment(jax.random.fold_in(augment_key, step_index),
-                                         batch_images, augment)
+      images = augment_lib.augment(jax.random.fold_in(augment_key, step_index), images, augment)
     lr_factor = None if schedule is None else schedule(first_step + step_index)
-    p, opt_state, loss = one_step(p, opt_state, batch_images, labels[batch_index], lr_factor)
+    p, opt_state, loss = one_step(p, opt_state, images, labels, lr_factor)
     return (p, opt_state), loss
 
-  batches = local_batches(key, count, images.shape[0], local_steps, batch_size)
-  (local_params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)),
-                                           (jnp.arange(local_steps), batches), unroll=unroll)
+  (local_params, _), losses = jax.lax.scan(
+      step, (params, optimizer.init(params)),
+      (jnp.arange(batch_labels.shape[0]), batch_images, batch_labels), unroll=unroll)
   return local_params, jnp.mean(losses)
 
 
 def hospital_update(params, images, labels, count, key, malicious=False, first_step=0, *,
-                    clip_norm, attack=attacks.Attack(), trainable=None,
-                    mechanism="gaussian_central", laplace_epsilon=1.0, **training):
-  """One hospital's clipped submitted update, the submitted norm before clipping, mean local loss.
+                    local_steps, batch_size, attack=attacks.Attack(), **rest):
+  """`batches_update` on the hospital's padded slice arrays: its round's batches gathered by
+  `batch_plan` first (the same numbers as gathering them elsewhere)."""
+  plan = batch_plan(key, count, images.shape[0], malicious, local_steps=local_steps,
+                    batch_size=batch_size, attack=attack)
+  return batches_update(params, gather_batches(images, labels, plan), key, malicious,
+                        first_step, attack=attack, **rest)
+
+
+def batches_update(params, batches: LocalBatches, key, malicious=False, first_step=0, *,
+                   clip_norm, attack=attacks.Attack(), trainable=None,
+                   mechanism="gaussian_central", laplace_epsilon=1.0, **training):
+  """One hospital's clipped submitted update, the submitted norm before clipping, mean local
+  loss, from its round's LocalBatches.
 
   gaussian_central: clipped in L2 to clip_norm, its L2 norm before clipping. laplace_local:
   clipped in L1 to clip_norm plus the hospital's Laplace noise (zero on frozen parameters),
@@ -129,15 +183,14 @@ def hospital_update(params, images, labels, count, key, malicious=False, first_s
   `malicious` is a traced flag: honest and malicious hospitals share one trace. The server
   keeps only the trainable part of what it receives (a frozen parameter's entry is zero
   whatever a hospital sends), then clips. A backdoor hospital stamps and relabels a random
-  fraction of its slices, drawn afresh each round, before it trains (so with augmentation
-  on, the trigger is augmented with the slice, as in a poisoned dataset).
+  fraction of its slices, drawn afresh each round (batches.poisoned), before it trains (so
+  with augmentation on, the trigger is augmented with the slice, as in a poisoned dataset).
   """
-  if attack.kind == "backdoor":  # no key drawn otherwise: other kinds trace as before
-    images, labels = attacks.poison_batch(attack, images, labels, malicious,
-                                          jax.random.fold_in(key, BACKDOOR_KEY))
+  images, labels = batches.images, batches.labels
+  if attack.kind == "backdoor":
+    images, labels = attacks.stamp_slots(attack, images, labels, batches.poisoned)
   labels = attacks.training_labels(attack, labels, malicious)
-  local_params, loss = local_training(params, images, labels, count, key, first_step,
-                                      **training)
+  local_params, loss = train_on_batches(params, images, labels, key, first_step, **training)
   delta = jax.tree.map(jnp.subtract, local_params, params)
   submitted = attacks.submitted_update(attack, delta, malicious, jax.random.fold_in(key, 1))
   submitted = tree_util.keep(submitted, trainable)
@@ -149,12 +202,28 @@ def hospital_update(params, images, labels, count, key, malicious=False, first_s
   return clipped, norm, loss
 
 
+def _update_settings(settings: LocalSettings) -> dict:
+  return dict(model=settings.model, optimizer=settings.optimizer, unroll=settings.unroll,
+              clip_norm=settings.clip_norm, attack=settings.attack,
+              trainable=settings.trainable, augment=settings.augment,
+              schedule=settings.schedule, mechanism=settings.mechanism,
+              laplace_epsilon=settings.laplace_epsilon)
+
+
 def make_hospital_update(settings: LocalSettings):
   """`hospital_update` with the round's fixed settings bound:
   (params, images, labels, count, key, malicious, first_step) -> (clipped update, norm, loss)."""
-  return functools.partial(hospital_update, model=settings.model, optimizer=settings.optimizer,
-                           local_steps=settings.local_steps, batch_size=settings.batch_size,
-                           unroll=settings.unroll, clip_norm=settings.clip_norm,
-                           attack=settings.attack, trainable=settings.trainable,
-                           augment=settings.augment, schedule=settings.schedule,
-                           mechanism=settings.mechanism, laplace_epsilon=settings.laplace_epsilon)
+  return functools.partial(hospital_update, local_steps=settings.local_steps,
+                           batch_size=settings.batch_size, **_update_settings(settings))
+
+
+def make_batches_update(settings: LocalSettings):
+  """`batches_update` with the round's fixed settings bound:
+  (params, LocalBatches, key, malicious, first_step) -> (clipped update, norm, loss)."""
+  return functools.partial(batches_update, **_update_settings(settings))
+
+
+def make_batch_plan(settings: LocalSettings):
+  """`batch_plan` with the round's fixed settings bound: (key, count, capacity, malicious)."""
+  return functools.partial(batch_plan, local_steps=settings.local_steps,
+                           batch_size=settings.batch_size, attack=settings.attack)

@@ -79,7 +79,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ccfl_jax import tree_util
 from ccfl_jax.data import augment as augment_lib
 from ccfl_jax.federated import (aggregation as aggregation_lib, attacks, client, cross_evaluation,
-                                mesh as mesh_lib, privacy, server, update_stats)
+                                mesh as mesh_lib, privacy, round_data as round_data_lib, server,
+                                update_stats)
 from ccfl_jax.ledger import consensus as consensus_lib
 
 H = mesh_lib.HOSPITAL_AXIS
@@ -168,12 +169,10 @@ class RoundShared(NamedTuple):
 
 
 class HospitalInputs(NamedTuple):
-  """One sampled hospital's inputs (stacked on a leading axis when mapped): its padded slice
-  arrays, slice count, key, malicious flag and, with a consensus rule, its own validation
-  batch (images, labels)."""
-  images: Any
-  labels: Any
-  count: Any
+  """One sampled hospital's inputs (stacked on a leading axis when mapped): its round's
+  local batches (client.LocalBatches), key, malicious flag and, with a consensus rule, its
+  own validation batch (images, labels)."""
+  batches: client.LocalBatches
   key: Any
   malicious: Any
   own_batch: Any = None
@@ -188,18 +187,16 @@ class HospitalStats(NamedTuple):
   self_mae: Any = None
 
 
-def hospital_keys(round_key, hospital_ids):
-  local_key = jax.random.fold_in(round_key, 0)
-  return jax.vmap(jax.random.fold_in, (None, 0))(local_key, hospital_ids)
+hospital_keys = round_data_lib.hospital_keys
 
 
 def _hospital_training(s: RoundSettings):
   """fn(RoundShared, HospitalInputs) -> (clipped update, HospitalStats without MAEs)."""
-  update = client.make_hospital_update(s.local)
+  update = client.make_batches_update(s.local)
 
   def fn(shared: RoundShared, hospital: HospitalInputs):
-    delta, norm, loss = update(shared.params, hospital.images, hospital.labels, hospital.count,
-                               hospital.key, hospital.malicious, shared.first_step)
+    delta, norm, loss = update(shared.params, hospital.batches, hospital.key,
+                               hospital.malicious, shared.first_step)
     return delta, HospitalStats(norm, loss)
 
   return fn
@@ -333,11 +330,26 @@ def _with_update_statistics(out: RoundOutput, deltas, aggregate_weights,
   return out._replace(v_c=stats["v_c"], u_s=stats["u_s"])
 
 
-def _validation_batches(data, sampled, verifiers, round_key, s: RoundSettings):
-  if s.consensus is None:
-    return None, None
-  return (cross_evaluation.validation_batches(data, sampled, round_key, s.validation_size),
-          cross_evaluation.validation_batches(data, verifiers, round_key, s.validation_size))
+def _plan_function(s: RoundSettings, capacity: int):
+  """round_data.round_plan with the round's settings bound: (ids, counts, malicious,
+  verifiers, verifier_counts, round_key) -> RoundPlan."""
+  return functools.partial(round_data_lib.round_plan, client.make_batch_plan(s.local),
+                           None if s.consensus is None else s.validation_size, capacity)
+
+
+def _device_round_data(data, ids, verifiers, malicious, round_key, s: RoundSettings):
+  """Placement 'device', inside the jit: the round's slices gathered from the replicated data."""
+  plan = _plan_function(s, data.images.shape[1])(ids, data.counts[ids], malicious, verifiers,
+                                                 data.counts[verifiers], round_key)
+  return round_data_lib.gather(data, ids, verifiers, plan)
+
+
+def _host_round_data(plan_fn, data, ids, verifiers, round_key, s: RoundSettings):
+  """Placement 'host': the round's indices drawn (one small jit), then only those slices
+  gathered from host memory (numpy)."""
+  malicious = attacks.malicious_flags(s.attack, jnp.asarray(ids, jnp.int32))
+  plan = round_data_lib.host_plan(plan_fn, data, ids, verifiers, malicious, round_key)
+  return round_data_lib.gather(data, ids, round_data_lib.as_int32(verifiers), plan)
 
 
 def _check_verifiers(settings: RoundSettings, verifiers):
@@ -346,8 +358,22 @@ def _check_verifiers(settings: RoundSettings, verifiers):
   return np.zeros(0, np.int32) if verifiers is None else np.asarray(verifiers, np.int32)
 
 
-def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
-  """The whole round — training, cross-evaluation, vote, noise, aggregation, server step — one jit."""
+def _without_padding(out: RoundOutput, num_sampled: int) -> RoundOutput:
+  """The round's outputs on the host (numpy), the padded hospitals' rows dropped; v_c and u_s
+  (scalars) as they are."""
+  out = jax.device_get(out)
+  per_hospital = {name: jax.tree.map(lambda a: a[:num_sampled], getattr(out, name))
+                  for name in RoundOutput._fields if name not in ("v_c", "u_s")}
+  return out._replace(**per_hospital)
+
+
+def compiled_round(settings: RoundSettings, mesh, hospital_axis: str,
+                   data_placement: str = "host"):
+  """The whole round — training, cross-evaluation, vote, noise, aggregation, server step — one
+  jit; the round's slices come from host memory or from the devices (round_data.py)."""
+  if data_placement not in round_data_lib.PLACEMENTS:
+    raise ValueError(f"engine.data_placement {data_placement!r}: expected one of "
+                     f"{round_data_lib.PLACEMENTS}")
   num_devices = mesh.devices.size
 
   def sharded(hospital_fn):
@@ -382,15 +408,12 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
                                        verifier_batches, first_step)
     return deltas, stats._replace(mae=mae, self_mae=self_mae)
 
-  @functools.partial(jax.jit, static_argnames="num_sampled")
-  def step(state, data, sampled, weights, verifiers, round_key, first_step, num_sampled):
+  def round_body(state, data: round_data_lib.RoundData, sampled, weights, round_key,
+                 first_step):
     malicious = attacks.malicious_flags(settings.attack, sampled)
-    own_batches, verifier_batches = _validation_batches(data, sampled, verifiers, round_key,
-                                                        settings)
-    per_hospital = HospitalInputs(data.images[sampled], data.labels[sampled],
-                                  data.counts[sampled], hospital_keys(round_key, sampled),
-                                  malicious, own_batches)
-    deltas, stats = hospitals_round(state.params, per_hospital, verifier_batches, weights,
+    per_hospital = HospitalInputs(data.local, hospital_keys(round_key, sampled), malicious,
+                                  data.own_batches)
+    deltas, stats = hospitals_round(state.params, per_hospital, data.verifier_batches, weights,
                                     first_step)
     accepted, scores, cosines = _vote(deltas, stats, weights, settings.consensus)
     aggregate_weights = weights * accepted
@@ -400,18 +423,39 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str):
     state = _finish_round(state, total, denominator, num_accepted, round_key, settings)
     out = _round_output(deltas, stats, accepted, malicious, scores, cosines, aggregated,
                         settings)
-    # Padding dropped inside the jit: slicing outside costs one dispatch per output.
-    out = jax.tree.map(lambda a: a[:num_sampled], out)
+    # Padded rows are dropped on the host (_without_padding): every m_t that pads to the
+    # same size runs the same compiled round.
     return state, _with_update_statistics(out, deltas, aggregate_weights, settings)
 
+  step = jax.jit(round_body)
+
+  @jax.jit
+  def step_on_device_data(state, data, sampled, weights, verifiers, round_key, first_step):
+    malicious = attacks.malicious_flags(settings.attack, sampled)
+    slices = _device_round_data(data, sampled, verifiers, malicious, round_key, settings)
+    return round_body(state, slices, sampled, weights, round_key, first_step)
+
   replicated = NamedSharding(mesh, P())
+  plan_functions = {}  # capacity -> the jitted round_plan (one per dataset shape)
 
   def run_round(state, data, sampled, round_key, verifiers=None, round_index=0):
     ids, weights = mesh_lib.pad_sampled(np.asarray(sampled), num_devices)
+    verifiers = _check_verifiers(settings, verifiers)
     # Same sharding as the step's output, so the second round does not recompile.
     state = jax.device_put(state, replicated)
-    return step(state, data, ids, weights, _check_verifiers(settings, verifiers), round_key,
-                settings.first_step(round_index), num_sampled=len(sampled))
+    first_step = settings.first_step(round_index)
+    if data_placement == "device":
+      state, out = step_on_device_data(state, data, ids, weights, verifiers, round_key,
+                                       first_step)
+      return state, _without_padding(out, len(sampled))
+    capacity = data.images.shape[1]
+    if capacity not in plan_functions:
+      plan_functions[capacity] = jax.jit(_plan_function(settings, capacity))
+    slices = _host_round_data(plan_functions[capacity], data, ids, verifiers, round_key,
+                              settings)
+    slices = jax.device_put(slices, round_data_lib.shardings(mesh, slices))
+    state, out = step(state, slices, ids, weights, round_key, first_step)
+    return state, _without_padding(out, len(sampled))
 
   return run_round
 
@@ -424,7 +468,7 @@ def sequential_round(settings: RoundSettings):
   hospital_step = jax.jit(_hospital_training(settings) if colluding
                           else _hospital_round(settings))
   evaluation_step = jax.jit(_hospital_evaluation(settings))
-  validation_batch = jax.jit(cross_evaluation.validation_batch, static_argnames="size")
+  plan_functions = {}  # capacity -> the jitted round_plan
 
   @jax.jit
   def collude(deltas, stats, malicious):
@@ -445,27 +489,28 @@ def sequential_round(settings: RoundSettings):
                         settings)
     return state, _with_update_statistics(out, deltas, aggregate_weights, settings)
 
-  def batches_of(data, hospitals, round_key):
-    keys = cross_evaluation.validation_keys(round_key, jnp.asarray(hospitals, jnp.int32))
-    return [validation_batch(data.images[h], data.labels[h], data.counts[h], keys[i],
-                             size=settings.validation_size) for i, h in enumerate(hospitals)]
-
   def run_round(state, data, sampled, round_key, verifiers=None, round_index=0):
-    sampled = np.asarray(sampled)
-    verifiers = np.asarray(_check_verifiers(settings, verifiers))
+    """data: hospitals.HospitalData in host memory; each hospital's slices of the round are
+    gathered there and go with its own dispatch, as a data loader would hand them over."""
+    sampled = np.asarray(sampled, np.int32)
+    verifiers = _check_verifiers(settings, verifiers)
     ids = jnp.asarray(sampled, jnp.int32)
     keys = hospital_keys(round_key, ids)
     malicious = attacks.malicious_flags(settings.attack, ids)
-    own_batches, verifier_batches = [None] * len(sampled), None
-    if settings.consensus is not None:
-      own_batches = batches_of(data, sampled, round_key)
-      verifier_batches = tree_util.stack(batches_of(data, verifiers, round_key))
-    shared = RoundShared(state.params, verifier_batches, settings.first_step(round_index))
+    capacity = data.images.shape[1]
+    if capacity not in plan_functions:
+      plan_functions[capacity] = jax.jit(_plan_function(settings, capacity))
+    slices = _host_round_data(plan_functions[capacity], data, sampled, verifiers, round_key,
+                              settings)
+    own_batches = ([None] * len(sampled) if slices.own_batches is None
+                   else tree_util.unstack(slices.own_batches))
+    shared = RoundShared(state.params, jax.device_put(slices.verifier_batches),
+                         settings.first_step(round_index))
     deltas, stats = [], []
-    for i, h in enumerate(sampled):
+    for i in range(len(sampled)):
       delta, hospital_stats = hospital_step(
-          shared, HospitalInputs(data.images[h], data.labels[h], data.counts[h], keys[i],
-                                 malicious[i], own_batches[i]))
+          shared, HospitalInputs(tree_util.index(slices.local, i), keys[i], malicious[i],
+                                 own_batches[i]))
       deltas.append(delta)
       stats.append(hospital_stats)
     if colluding:
@@ -480,8 +525,9 @@ def sequential_round(settings: RoundSettings):
   return run_round
 
 
-def put_hospital_data(data, mesh, engine_kind: str):
-  """Hospital arrays on device: replicated over the mesh (compiled) or one list entry per hospital."""
-  if engine_kind == "sequential":
-    return type(data)(*[[jax.device_put(a[h]) for h in range(len(data.counts))] for a in data])
-  return jax.device_put(data, NamedSharding(mesh, P()))
+def put_hospital_data(data, mesh, data_placement: str):
+  """The hospitals' slices where the engine reads them (round_data.py): left in host memory
+  ('host') or replicated over the mesh ('device', the compiled engine only)."""
+  if data_placement == "device":
+    return round_data_lib.put_on_devices(data, mesh)
+  return data

@@ -47,10 +47,10 @@ def rounds(hospital_data):
   for name, num_devices, axis in (("one_device", 1, "unroll"), ("eight_devices", 8, "vmap")):
     mesh = mesh_lib.hospital_mesh(num_devices)
     results[name] = engine.compiled_round(settings, mesh, axis)(
-        state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, ROUND_KEY,
+        state, hospital_data, SAMPLED, ROUND_KEY,
         VERIFIERS)
   results["sequential"] = engine.sequential_round(settings)(
-      state, engine.put_hospital_data(hospital_data, None, "sequential"), SAMPLED, ROUND_KEY,
+      state, hospital_data, SAMPLED, ROUND_KEY,
       VERIFIERS)
   return settings, state, results
 
@@ -107,7 +107,7 @@ def test_update_checks_inside_the_compiled_round(hospital_data):
   state = server.init_state(params, settings.server_optimizer)
   mesh = mesh_lib.hospital_mesh(8)  # 4 sampled on 8 devices: padding rows must be ignored
   _, out = engine.compiled_round(settings, mesh, "vmap")(
-      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, ROUND_KEY,
+      state, hospital_data, SAMPLED, ROUND_KEY,
       VERIFIERS)
   cosines = np.asarray(out.cosines)
   assert cosines.shape == (4,) and cosines[0] < 0 < cosines[1:].min()
@@ -137,7 +137,7 @@ def test_a_nan_update_is_rejected_on_the_ledger_and_the_rounds_go_on(hospital_da
   images = hospital_data.images.copy()
   images[broken, :2] = np.nan
   mesh = mesh_lib.hospital_mesh(2)
-  data = engine.put_hospital_data(hospital_data._replace(images=images), mesh, "compiled")
+  data = hospital_data._replace(images=images)
   run_round = engine.compiled_round(settings, mesh, "vmap")
   params = settings.model.module.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)))
   state = server.init_state(params, settings.server_optimizer)

@@ -51,9 +51,9 @@ def test_compiled_round_equals_sequential_loop(hospital_data, hospital_axis):
   state = _initial_state(settings)
   mesh = mesh_lib.hospital_mesh(1)
   compiled = _run(engine.compiled_round(settings, mesh, hospital_axis),
-                  engine.put_hospital_data(hospital_data, mesh, "compiled"), state, SAMPLED)
+                  hospital_data, state, SAMPLED)
   sequential = _run(engine.sequential_round(settings),
-                    engine.put_hospital_data(hospital_data, mesh, "sequential"), state, SAMPLED)
+                    hospital_data, state, SAMPLED)
   _assert_same(compiled, sequential)
   assert not np.allclose(np.asarray(jax.tree.leaves(compiled[0].params)[0]),
                          np.asarray(jax.tree.leaves(state.params)[0]))  # it trained
@@ -67,7 +67,7 @@ def test_eight_devices_match_one_device_with_noise(hospital_data):
   for num_devices in (1, 8):  # 4 sampled hospitals padded to 8 on the 8-device mesh
     mesh = mesh_lib.hospital_mesh(num_devices)
     results.append(_run(engine.compiled_round(settings, mesh, "vmap"),
-                        engine.put_hospital_data(hospital_data, mesh, "compiled"), state, SAMPLED))
+                        hospital_data, state, SAMPLED))
   _assert_same(results[0], results[1])
 
 
@@ -77,7 +77,7 @@ def test_each_hospital_is_clipped_on_its_own_update(hospital_data):
   state = _initial_state(settings)
   mesh = mesh_lib.hospital_mesh(2)
   new_state, out = engine.compiled_round(settings, mesh, "unroll")(
-      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, jax.random.key(1))
+      state, hospital_data, SAMPLED, jax.random.key(1))
   hospital_fn = client.make_hospital_update(
       client.LocalSettings(settings.model, settings.local_optimizer, 3, 4, True, 1e-3))
   keys = engine.hospital_keys(jax.random.key(1), jnp.asarray(SAMPLED))
@@ -94,9 +94,9 @@ def test_conv_model_compiled_equals_sequential(hospital_data):
   state = _initial_state(settings)
   mesh = mesh_lib.hospital_mesh(1)
   compiled = _run(engine.compiled_round(settings, mesh, "unroll"),
-                  engine.put_hospital_data(hospital_data, mesh, "compiled"), state, SAMPLED, 1)
+                  hospital_data, state, SAMPLED, 1)
   sequential = _run(engine.sequential_round(settings),
-                    engine.put_hospital_data(hospital_data, mesh, "sequential"), state, SAMPLED, 1)
+                    hospital_data, state, SAMPLED, 1)
   _assert_same(compiled, sequential)
 
 
@@ -121,7 +121,7 @@ def test_a_non_finite_update_is_rejected_and_the_model_stays_finite(hospital_dat
   mesh = mesh_lib.hospital_mesh(2)
   images = hospital_data.images.copy()
   images[2] = np.nan  # hospital 2's slices are corrupt: its update is NaN
-  data = engine.put_hospital_data(hospital_data._replace(images=images), mesh, kind)
+  data = hospital_data._replace(images=images)
   run_round = (engine.compiled_round(settings, mesh, "vmap") if kind == "compiled"
                else engine.sequential_round(settings))
   new_state, out = run_round(state, data, SAMPLED, jax.random.key(1))
@@ -131,7 +131,7 @@ def test_a_non_finite_update_is_rejected_and_the_model_stays_finite(hospital_dat
   assert not np.allclose(np.asarray(jax.tree.leaves(new_state.params)[0]),
                          np.asarray(jax.tree.leaves(state.params)[0]))
   images[:] = np.nan  # every sampled update non-finite: the global model is left as it was
-  data = engine.put_hospital_data(hospital_data._replace(images=images), mesh, kind)
+  data = hospital_data._replace(images=images)
   unchanged, out = run_round(state, data, SAMPLED, jax.random.key(1))
   assert not np.any(np.asarray(out.accepted))
   _assert_same(unchanged.params, state.params, atol=0)
@@ -164,7 +164,7 @@ def test_frozen_parameters_get_no_update_no_noise_and_no_share_of_the_norm(hospi
   state = _initial_state(settings)
   mesh = mesh_lib.hospital_mesh(2)
   new_state, out = engine.compiled_round(settings, mesh, "unroll")(
-      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, jax.random.key(3))
+      state, hospital_data, SAMPLED, jax.random.key(3))
   for new, old in zip(_leaves_by_mask(new_state.params, mask, False),
                       _leaves_by_mask(state.params, mask, False)):
     np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
@@ -194,13 +194,13 @@ def test_augmented_round_is_deterministic_and_engines_agree(hospital_data):
   augmented = engine.RoundSettings(**{**augmented.__dict__, "augment": AUGMENT})
   state = _initial_state(plain)
   mesh = mesh_lib.hospital_mesh(2)
-  data = engine.put_hospital_data(hospital_data, mesh, "compiled")
+  data = hospital_data
   runs = [_run(engine.compiled_round(s, mesh, "vmap"), data, state, SAMPLED)
           for s in (augmented, augmented, plain)]
   _assert_same(runs[0], runs[1], atol=0)
   assert not np.allclose(np.asarray(runs[0][1].local_loss), np.asarray(runs[2][1].local_loss))
   sequential = _run(engine.sequential_round(augmented),
-                    engine.put_hospital_data(hospital_data, mesh, "sequential"), state, SAMPLED)
+                    hospital_data, state, SAMPLED)
   _assert_same(runs[0], sequential)
 
 
@@ -209,9 +209,9 @@ def test_frozen_backbone_with_augmentation_compiled_equals_sequential(hospital_d
   state = _initial_state(settings)
   mesh = mesh_lib.hospital_mesh(1)
   compiled = _run(engine.compiled_round(settings, mesh, "unroll"),
-                  engine.put_hospital_data(hospital_data, mesh, "compiled"), state, SAMPLED, 1)
+                  hospital_data, state, SAMPLED, 1)
   sequential = _run(engine.sequential_round(settings),
-                    engine.put_hospital_data(hospital_data, mesh, "sequential"), state, SAMPLED, 1)
+                    hospital_data, state, SAMPLED, 1)
   _assert_same(compiled, sequential)
 
 
@@ -262,7 +262,7 @@ def test_scheduled_compiled_round_equals_sequential_and_compiles_once(hospital_d
   for kind in ("compiled", "sequential"):
     run_round = (engine.compiled_round(settings, mesh, "vmap") if kind == "compiled"
                  else engine.sequential_round(settings))
-    data, s = engine.put_hospital_data(hospital_data, mesh, kind), state
+    data, s = hospital_data, state
     for r in range(3):
       s, out = run_round(s, data, SAMPLED, jax.random.key(100 + r), round_index=r)
     results.append((s, out))
@@ -271,7 +271,7 @@ def test_scheduled_compiled_round_equals_sequential_and_compiles_once(hospital_d
   counting = lambda t: (traces.append(1), schedule(t))[1]
   compiled = engine.compiled_round(engine.RoundSettings(**{**settings.__dict__,
                                                            "schedule": counting}), mesh, "vmap")
-  data = engine.put_hospital_data(hospital_data, mesh, "compiled")
+  data = hospital_data
   by_round = [compiled(state, data, SAMPLED, jax.random.key(100), round_index=r)[0]
               for r in (0, 1)]  # same round, two places on the schedule: different models
   assert len(traces) == 1  # round_index is traced: one compile for every round

@@ -54,7 +54,7 @@ def test_the_submitted_noise_has_scale_two_b_over_epsilon(hospital_data):
   mesh = mesh_lib.hospital_mesh(1)
   state = _state(settings)
   _, out = engine.compiled_round(settings, mesh, "vmap")(
-      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, ROUND_KEY)
+      state, hospital_data, SAMPLED, ROUND_KEY)
   np.testing.assert_array_equal(np.asarray(out.update_norm), 0.0)  # nothing trained
   x = _flat(out.updates).ravel()
   b = privacy.laplace_scale(BOUND, EPSILON)
@@ -86,7 +86,7 @@ def test_the_server_averages_the_noised_submissions_and_adds_no_noise(hospital_d
   mesh = mesh_lib.hospital_mesh(1)
   state = _state(settings)
   new_state, out = engine.compiled_round(settings, mesh, "unroll")(
-      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED, ROUND_KEY)
+      state, hospital_data, SAMPLED, ROUND_KEY)
   assert np.all(np.asarray(out.accepted))
   for new, old, submitted in zip(jax.tree.leaves(new_state.params),
                                  jax.tree.leaves(state.params), jax.tree.leaves(out.updates)):
@@ -130,9 +130,9 @@ def test_compiled_equals_sequential_under_laplace_local(hospital_data, hospital_
   state = _state(settings)
   mesh = mesh_lib.hospital_mesh(1)
   compiled = _run(engine.compiled_round(settings, mesh, hospital_axis),
-                  engine.put_hospital_data(hospital_data, mesh, "compiled"), state)
+                  hospital_data, state)
   sequential = _run(engine.sequential_round(settings),
-                    engine.put_hospital_data(hospital_data, mesh, "sequential"), state)
+                    hospital_data, state)
   _assert_same(compiled, sequential)
   assert not np.allclose(np.asarray(jax.tree.leaves(compiled[0].params)[0]),
                          np.asarray(jax.tree.leaves(state.params)[0]))
@@ -152,10 +152,10 @@ def test_vote_on_noised_submissions_eight_devices_and_sequential_agree(hospital_
   for num_devices in (1, 8):
     mesh = mesh_lib.hospital_mesh(num_devices)
     results.append(_run(engine.compiled_round(settings, mesh, "vmap"),
-                        engine.put_hospital_data(hospital_data, mesh, "compiled"), state,
+                        hospital_data, state,
                         verifiers=verifiers))
   results.append(_run(engine.sequential_round(settings),
-                      engine.put_hospital_data(hospital_data, None, "sequential"), state,
+                      hospital_data, state,
                       verifiers=verifiers))
   for other in results[1:]:
     _assert_same(results[0], other)
@@ -177,7 +177,7 @@ def test_frozen_parameters_carry_no_local_noise(hospital_data):
   state = server.init_state(params, settings.server_optimizer)
   mesh = mesh_lib.hospital_mesh(1)
   new_state, out = engine.compiled_round(settings, mesh, "unroll")(
-      state, engine.put_hospital_data(hospital_data, mesh, "compiled"), SAMPLED[:2], ROUND_KEY)
+      state, hospital_data, SAMPLED[:2], ROUND_KEY)
   for submitted, new, old, trains in zip(jax.tree.leaves(out.updates),
                                          jax.tree.leaves(new_state.params),
                                          jax.tree.leaves(state.params), jax.tree.leaves(mask)):

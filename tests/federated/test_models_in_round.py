@@ -33,7 +33,7 @@ def test_model_trains_in_compiled_round_vmapped_over_hospitals(name):
   state = server.init_state(params, settings.server_optimizer)
   mesh = mesh_lib.hospital_mesh(1)
   new_state, out = engine.compiled_round(settings, mesh, "vmap")(
-      state, engine.put_hospital_data(data, mesh, "compiled"), np.array([0, 1]), jax.random.key(1))
+      state, data, np.array([0, 1]), jax.random.key(1))
   leaves = jax.tree.leaves(new_state.params)
   assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
   assert np.all(np.isfinite(np.asarray(out.local_loss)))

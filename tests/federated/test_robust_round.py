@@ -53,7 +53,7 @@ def _round(settings, data, kind="compiled", num_devices=1, state=None):
   run_round = (engine.compiled_round(settings, mesh, "vmap") if kind == "compiled"
                else engine.sequential_round(settings))
   verifiers = None if settings.consensus is None else VERIFIERS
-  return jax.device_get(run_round(state, engine.put_hospital_data(data, mesh, kind), SAMPLED,
+  return jax.device_get(run_round(state, data, SAMPLED,
                                   ROUND_KEY, verifiers))
 
 

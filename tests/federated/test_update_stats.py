@@ -108,7 +108,7 @@ def test_the_compiled_round_reports_v_c_and_u_s_of_its_accepted_clipped_updates(
   sampled = np.array([0, 1, 2, 3, 5])
   mesh = mesh_lib.hospital_mesh(8)
   new_state, out = engine.compiled_round(settings, mesh, "vmap")(
-      state, engine.put_hospital_data(data, mesh, "compiled"), sampled, jax.random.key(4))
+      state, data, sampled, jax.random.key(4))
   assert np.asarray(out.accepted).tolist() == [True, True, False, True, True]
   v_c, u_s, _ = _numpy_of_accepted(out)
   assert np.shape(out.v_c) == () and v_c > 0 and u_s > 0
@@ -118,7 +118,7 @@ def test_the_compiled_round_reports_v_c_and_u_s_of_its_accepted_clipped_updates(
       jax.tree.leaves(new_state.params), jax.tree.leaves(state.params))])
   assert np.mean(step ** 2) > 10 * u_s  # the server's noise is in the step, not in U_s
   _, sequential = engine.sequential_round(settings)(
-      state, engine.put_hospital_data(data, mesh, "sequential"), sampled, jax.random.key(4))
+      state, data, sampled, jax.random.key(4))
   np.testing.assert_allclose(float(sequential.v_c), v_c, rtol=1e-5)
   np.testing.assert_allclose(float(sequential.u_s), u_s, rtol=1e-5)
 
@@ -139,7 +139,7 @@ def test_frozen_parameters_are_not_coordinates_of_the_statistics():
   sampled = np.array([0, 1, 3])
   mesh = mesh_lib.hospital_mesh(1)
   _, out = engine.compiled_round(frozen, mesh, "unroll")(
-      state, engine.put_hospital_data(data, mesh, "compiled"), sampled, jax.random.key(4))
+      state, data, sampled, jax.random.key(4))
   trainable = [leaf for leaf, m in zip(jax.tree.leaves(out.updates), jax.tree.leaves(mask)) if m]
   assert not np.any(np.asarray(jax.tree.leaves(out.updates)[0]))
   rows = np.concatenate([np.asarray(leaf, np.float64).reshape(leaf.shape[0], -1)
