@@ -59,21 +59,23 @@ DEFAULT_PLAN = {9: (20, 250), 100: (10, 100), 1000: (5, 20)}
 REUSE_EVIDENCE_ABOVE = 100
 SHARE_TARGET = 0.05
 
-flags.DEFINE_float(
-    "round_seconds", None,
-    "Seconds of one federated round at H = 9 to compare the ledger's work with; unset: "
-    "measured by running configs/fed9.py for 4 rounds (the median of rounds 2-4).")
-flags.DEFINE_list("sizes", [str(m) for m in DEFAULT_PLAN], "m_t values (H = m_t) to time.")
-flags.DEFINE_integer("rounds", None, "Rounds of every long ledger (unset: 250 at m_t = 9, "
-                     "100 at 100, 20 at 1000).")
-flags.DEFINE_integer("per_round_samples", None,
-                     "Rounds whose per-round ledger work is timed (unset: 20, 10, 5 by size; "
-                     "medians are reported).")
-flags.DEFINE_string("out", None, "Write <out>.json and <out>.md; unset: only printed.")
-flags.DEFINE_bool("report_only", False, "Regenerate <out>.md from <out>.json and exit.")
-flags.DEFINE_string("before", None, "A json this tool wrote earlier (e.g. before a change): its "
-                    "per-round and verify numbers are kept in <out>.json and shown beside.")
-flags.DEFINE_string("before_label", "an earlier run", "What --before measured.")
+
+def define_flags():
+  flags.DEFINE_float(
+      "round_seconds", None,
+      "Seconds of one federated round at H = 9 to compare the ledger's work with; unset: "
+      "measured by running configs/fed9.py for 4 rounds (the median of rounds 2-4).")
+  flags.DEFINE_list("sizes", [str(m) for m in DEFAULT_PLAN], "m_t values (H = m_t) to time.")
+  flags.DEFINE_integer("rounds", None, "Rounds of every long ledger (unset: 250 at m_t = 9, "
+                       "100 at 100, 20 at 1000).")
+  flags.DEFINE_integer("per_round_samples", None,
+                       "Rounds whose per-round ledger work is timed (unset: 20, 10, 5 by size; "
+                       "medians are reported).")
+  flags.DEFINE_string("out", None, "Write <out>.json and <out>.md; unset: only printed.")
+  flags.DEFINE_bool("report_only", False, "Regenerate <out>.md from <out>.json and exit.")
+  flags.DEFINE_string("before", None, "A json this tool wrote earlier (e.g. before a change): its "
+                      "per-round and verify numbers are kept in <out>.json and shown beside.")
+  flags.DEFINE_string("before_label", "an earlier run", "What --before measured.")
 
 
 def timed(fn, *args, **kwargs):
@@ -307,4 +309,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

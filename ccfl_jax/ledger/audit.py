@@ -47,9 +47,11 @@ keep that small (results/bench_ledger.md), and a forger's task is the same after
   commit; what he leaves in the folder is read back by open_run_ledger (resume) and by
   verify, which replay every signature of every block. The one thing given up is finding a
   broken signer at the moment it writes rather than at the next resume or verify.
-- Transactions are encoded once: the signed message and the Merkle leaf are spliced from a
-  transaction's canonical body (byte-identical to encoding the whole, tested), leaves are
-  memoized, and a round's checks are O(1) per transaction instead of O(m_t).
+- Transactions are encoded once: the signed message, the Merkle leaf and the block's record
+  file are spliced from each transaction's canonical body (byte-identical to encoding the
+  whole, tested; what is hashed and signed is unchanged), leaves are memoized, and a round's
+  checks are O(1) per transaction instead of O(m_t). The update digests of a round are
+  hashed from the stacked updates in place (digests.update_digests, same digests).
 What was not done, and why: signing one digest per hospital per round instead of one
 signature per transaction would save nothing, since each hospital already signs one
 transaction per round (its local_update or its vote; only the leader signs two); ECDSA has
