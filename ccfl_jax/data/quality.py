@@ -8,6 +8,8 @@ hospital, a batch larger than a hospital's data (its local batches cycle its sli
 """
 from ccfl_jax.data.errors import DataError
 
+LISTED = 5  # hospitals named in one warning; beyond that, a count
+
 
 def _one_class(row: dict) -> str | None:
   if row["positive_slices"] == 0:
@@ -38,9 +40,22 @@ def check(counts: list[dict], batch_size: int, where: str) -> list[str]:
     warnings.append(f"the test set has {_one_class(test)}: AUC and "
                     f"{'sensitivity' if test['positive_slices'] == 0 else 'specificity'} "
                     "are undefined (reported as null)")
-  warnings += [f"{r['name']} has {_one_class(r)}" for r in hospitals if _one_class(r)]
+  for kind in ("only COVID-19 slices", "only non-COVID slices"):
+    names = [r["name"] for r in hospitals if _one_class(r) == kind]
+    if len(names) > LISTED:
+      warnings.append(f"{len(names)} of {len(hospitals)} hospitals have {kind}: "
+                      f"{_listed(names)}")
+    else:
+      warnings += [f"{name} has {kind}" for name in names]
   small = [f"{r['name']} ({r['slices']})" for r in hospitals if r["slices"] < batch_size]
   if small:
-    warnings.append(f"batch_size {batch_size} exceeds the slices of {', '.join(small)}: "
+    count = f"{len(small)} of {len(hospitals)} hospitals: " if len(small) > LISTED else ""
+    warnings.append(f"batch_size {batch_size} exceeds the slices of {count}{_listed(small)}: "
                     "their local batches repeat slices")
   return warnings
+
+
+def _listed(names: list[str]) -> str:
+  """The first LISTED names, then how many more (a warning stays one readable line)."""
+  more = len(names) - LISTED
+  return ", ".join(names[:LISTED]) + (f" and {more} more" if more > 0 else "")

@@ -35,3 +35,16 @@ def test_weak_data_is_warned_about():
       "null)",
       "hospital 0 has only COVID-19 slices", "hospital 1 has only non-COVID slices",
       "batch_size 4 exceeds the slices of hospital 1 (3): their local batches repeat slices"]
+
+
+def test_many_weak_hospitals_make_one_readable_line_each():
+  hospitals = [row(f"hospital {h}", 3, 3 if h % 2 else 0) for h in range(1000)]
+  warnings = quality.check(hospitals + [row("test", 40, 20)], batch_size=4, where="d")
+  assert warnings == [
+      "500 of 1000 hospitals have only COVID-19 slices: hospital 1, hospital 3, hospital 5, "
+      "hospital 7, hospital 9 and 495 more",
+      "500 of 1000 hospitals have only non-COVID slices: hospital 0, hospital 2, hospital 4, "
+      "hospital 6, hospital 8 and 495 more",
+      "batch_size 4 exceeds the slices of 1000 of 1000 hospitals: hospital 0 (3), hospital 1 "
+      "(3), hospital 2 (3), hospital 3 (3), hospital 4 (3) and 995 more: their local batches "
+      "repeat slices"]
