@@ -152,6 +152,25 @@ def cached_slices(reader: str, root, params: dict, cache_dir: str,
   return slices
 
 
+def cached_arrays(reader: str, params: dict, cache_dir: str,
+                  build: Callable[[], dict]) -> dict[str, np.ndarray]:
+  """Arrays made from `params` alone (a generated dataset: no source files), cached like the
+  slices of a real one; a cache that cannot be written only costs building them again."""
+  path = cache_root(cache_dir) / "slices" / f"{reader}-{entry_key(reader, params, '')}.npz"
+  if path.exists():
+    try:
+      with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, KeyError):
+      pass  # an unreadable entry is rebuilt, not trusted
+  arrays = build()
+  try:
+    _write_atomically(path, arrays)
+  except OSError:
+    pass
+  return arrays
+
+
 def clear(cache_dir: str = "") -> pathlib.Path:
   """Deletes every cached entry; returns the folder that was cleared."""
   root = cache_root(cache_dir)

@@ -16,11 +16,17 @@ Everything is a pure function of the seed.
 """
 import numpy as np
 
+from ccfl_jax.data import cache
 from ccfl_jax.data.errors import DataError
 from ccfl_jax.data.preprocessing import AIR_HU, field_of_view_mask, preprocess_hu
 from ccfl_jax.data.slices import CTSlices
 
 NATIVE_SIZE = 128
+# Phantoms this large (about 50 ms a slice to make on a 2-core CPU: minutes) are cached; the
+# smaller ones take seconds and are made afresh. Bump PHANTOM_VERSION when the phantom's
+# code changes what it makes for the same parameters (old cache entries are then unused).
+CACHE_FROM_SLICES = 2000
+PHANTOM_VERSION = 1
 PADDING_HU = -2048.0  # what scanners write outside the reconstructed field of view
 
 
@@ -170,11 +176,27 @@ def make_phantom(seed: int, num_patients: int, slices_per_patient: int, covid_fr
   return CTSlices(np.stack(images), np.asarray(labels, np.int32), np.asarray(patient_ids))
 
 
+def _arrays(slices: CTSlices) -> dict:
+  return dict(images=slices.images, labels=slices.labels,
+              patient_ids=np.asarray(slices.patient_ids, str))
+
+
 def load(dataset_config, seed: int) -> CTSlices:
+  """The phantom of the config's dataset block; one of CACHE_FROM_SLICES slices or more is
+  made once and then read from the preprocessed-array cache (data/cache.py)."""
   c = dataset_config
   for field in ("num_patients", "slices_per_patient"):
     if int(c[field]) < 1:
       raise DataError("phantom", f"config.dataset.{field} = {c[field]}: expected an integer "
                       ">= 1 (the phantom makes no patients or slices otherwise)")
-  return make_phantom(seed, c.num_patients, c.slices_per_patient, c.covid_fraction,
-                      c.image_size, c.window_level, c.window_width)
+  params = dict(seed=int(seed), num_patients=int(c.num_patients),
+                slices_per_patient=int(c.slices_per_patient),
+                covid_fraction=float(c.covid_fraction), image_size=int(c.image_size),
+                window_level=float(c.window_level), window_width=float(c.window_width))
+  make = lambda: make_phantom(seed, c.num_patients, c.slices_per_patient, c.covid_fraction,
+                              c.image_size, c.window_level, c.window_width)
+  if params["num_patients"] * params["slices_per_patient"] < CACHE_FROM_SLICES:
+    return make()
+  arrays = cache.cached_arrays("phantom", {**params, "version": PHANTOM_VERSION}, c.cache_dir,
+                               lambda: _arrays(make()))
+  return CTSlices(arrays["images"], arrays["labels"], arrays["patient_ids"])

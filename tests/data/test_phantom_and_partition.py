@@ -100,3 +100,29 @@ def test_every_patient_is_assigned_exactly_once_for_any_h_alpha_and_seed(
   for place, index in enumerate(part.hospitals + (part.test,)):
     for patient in set(slices.patient_ids[index]):
       assert owner.setdefault(patient, place) == place  # a patient never in two places
+
+
+def test_a_large_phantom_is_made_once_then_read_from_the_cache(tmp_path, monkeypatch):
+  from ccfl_jax.configuration import default_config
+  block = default_config().dataset
+  block.num_patients, block.slices_per_patient, block.image_size = 3, 2, 16
+  block.cache_dir = str(tmp_path)
+  monkeypatch.setattr(phantom, "CACHE_FROM_SLICES", 6)
+  made = phantom.load(block, seed=5)
+  entries = list((tmp_path / "slices").glob("phantom-*.npz"))
+  assert len(entries) == 1
+  calls = []
+  monkeypatch.setattr(phantom, "make_phantom", lambda *a: calls.append(a))
+  again = phantom.load(block, seed=5)
+  assert calls == []  # read, not made
+  np.testing.assert_array_equal(again.images, made.images)
+  np.testing.assert_array_equal(again.labels, made.labels)
+  assert list(again.patient_ids) == list(made.patient_ids)
+  block.image_size = 8  # another parameter: another entry, made afresh
+  monkeypatch.undo()
+  monkeypatch.setattr(phantom, "CACHE_FROM_SLICES", 6)
+  phantom.load(block, seed=5)
+  assert len(list((tmp_path / "slices").glob("phantom-*.npz"))) == 2
+  block.num_patients = 2  # 4 slices: under the threshold, not cached
+  phantom.load(block, seed=5)
+  assert len(list((tmp_path / "slices").glob("phantom-*.npz"))) == 2
