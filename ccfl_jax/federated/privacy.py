@@ -24,18 +24,49 @@ warnings), and costs ~35 ms once for the 100 small orders. The sampled bound at 
 costs ~0.4 s per (H, m_t, σ_t) (orders 128 and 256 dominate), so round_rdp caches it.
 
 PLD: where every round has m_t = H the rounds are plain Gaussian mechanisms; T of them with
-shift/std ratios r_t compose exactly into one Gaussian with r = sqrt(Σ r_t²) (the log-likelihood
-ratio is a sufficient statistic), whose privacy loss distribution dp_accounting's PLD
-accountant evaluates (pessimistic discretisation: an upper bound, here within 1e-3 of the
-analytic Gaussian's exact ε, Balle-Wang 2018). epsilon_report gives both and reports the
-smaller (both are valid upper bounds); PLD is the tighter one for m_t = H (fed9: 8,543 vs
-8,603). PLD has no sampling-without-replacement event, so once any round samples m_t < H only
-RDP applies. CAUTION, the two accountants read a Gaussian's multiplier differently under
-REPLACE_ONE: RDP's GaussianDpEvent(z) charges α/(2z²), neighbours 1 apart; PLD's places them
-at ±1, i.e. 2 apart (privacy_loss_mechanism.GaussianPrivacyLoss: "REPLACE adjacency
+shift/std ratios μ_t compose exactly into one Gaussian with μ = sqrt(Σ μ_t²) (the log-likelihood
+ratio is a sufficient statistic; adaptively chosen rounds too: Dong-Roth-Su's Gaussian DP).
+Our neighbours are 2S apart under noise std σ_t S: μ_t = 2/σ_t, μ = 2 (Σ σ_t^-2)^1/2. The
+privacy loss distribution of that one Gaussian is exactly N(μ²/2, μ²), so its hockey-stick
+divergence has a closed form (Balle-Wang 2018's analytic Gaussian mechanism),
+    δ(ε) = Φ(μ/2 - ε/μ) - e^ε Φ(-μ/2 - ε/μ),
+and pld_epsilon reports the smallest ε with δ(ε) <= δ: the exact ε of the composed mechanism,
+evaluated in log space (log Φ by scipy's log_ndtr) and rounded UP (after the root finder, a
+step up until log δ(ε) <= log δ - 1e-10 holds as computed), so a valid upper bound within
+1e-9 relative of the exact value (gaussian_epsilon; measured within 1e-11 of dp_accounting's
+get_epsilon_gaussian, and checked at 50 digits in the tests). epsilon_report gives it and RDP
+and reports the smaller (both valid upper bounds); it is the tighter one for m_t = H (fed9:
+8,538.49 vs RDP's 8,602.79; dp_accounting's PLD accountant gave 8,542.57).
+
+Why not dp_accounting's PLD accountant (used here before): (1) dp_accounting 0.6.0 returns
+ε = inf where the true ε exceeds log(DBL_MAX) = 709.78, whatever the discretisation interval:
+pld_pmf._get_epsilon_for_delta divides by Σ p_j e^-loss_j ~ e^-ε, a subnormal, and the quotient
+overflows, until ε is large enough that each p_j e^-loss_j underflows to exactly 0 and another
+branch answers (at ~730-748 here, later for a finer interval). epsilon_report fell back to RDP,
+~2% looser, in between, and where PLD came back the reported ε DROPPED: m_t = H = 9, σ 1,
+δ 1e-5 gave inf from PLD for rounds 284-292, so 744.98 (RDP) at round 292, then 732.31 (PLD) at
+293, which the ledger refuses. (2) Its pessimistic discretisation is an upper bound, but with an
+interval that has to grow with ε (1e-3 ε kept a call at 7-60 ms) its error (up to 1.7e-3 of
+ε, measured) changes from round to round, comparable with what one more round adds to a long
+run (between ε/(2T) and ε/T): nothing kept it monotone. The closed form has neither problem
+and needs no interval: it depends on the rounds only through μ, which the fsum of
+non-negative σ_t^-2 makes non-decreasing in the rounds, and the exact ε is increasing in μ; a
+round changes ε by far more than the ~1e-13 numerical error, so the reported ε is
+non-decreasing in the rounds (tested over r = 1..400; measured over 2,000 rounds at σ 0.1, 1,
+5, 100). A running maximum over prefixes instead would make epsilon(...) cost O(T) accountant
+calls (the ledger's verifier recomputes every round's ε from the recorded rounds: O(T²)) and
+would hide a non-monotone bound, not remove its cause. min(RDP, PLD) stays monotone: both are
+non-decreasing, and once a round samples m_t < H the RDP bound applies, and it is >= the exact
+ε of the all-H prefix before it.
+
+PLD has no sampling-without-replacement event, so once any round samples m_t < H only RDP
+applies. CAUTION, dp_accounting's two accountants read a Gaussian's multiplier differently
+under REPLACE_ONE: RDP's GaussianDpEvent(z) charges α/(2z²), neighbours 1 apart; PLD's places
+them at ±1, i.e. 2 apart (privacy_loss_mechanism.GaussianPrivacyLoss: "REPLACE adjacency
 corresponds to the same privacy loss distribution with twice the sensitivity"). Our
-neighbours are 2S apart under noise std σS, ratio 2/σ: RDP gets z = σ/2, PLD gets z = σ.
-Passing σ/2 to PLD as well would charge a shift of 4S and overstate ε 2-4x (measured).
+neighbours are 2S apart under noise std σS, ratio 2/σ: RDP gets z = σ/2, PLD's accountant
+would get z = σ, dp_accounting.gaussian_mechanism.get_epsilon_gaussian (sensitivity 1) σ/2.
+Passing σ/2 to PLD's accountant would charge a shift of 4S and overstate ε 2-4x (measured).
 
 With the MAE vote (eqs. 14-15, ledger/consensus.py) only the m'_t <= m_t accepted updates
 are summed; the noise std stays σS on that sum and the mean divides by m'_t, so the noise on
@@ -118,6 +149,8 @@ import dp_accounting
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize
+import scipy.special
 
 from ccfl_jax import tree_util
 
@@ -125,9 +158,6 @@ MECHANISMS = ("gaussian_central", "laplace_local")
 RDP_SMALL_ORDERS = tuple(1 + 0.011 * (1 / 0.011) ** (i / 100) for i in range(100))
 RDP_ORDERS = RDP_SMALL_ORDERS + tuple(
     [2 + x / 10 for x in range(80)] + list(range(10, 65)) + [128, 256, 512])
-# PLD discretisation relative to ε (RDP's ε as the scale): 1e-3 keeps a call at 7-60 ms and
-# the error far below it (measured: 1e-4 moves ε by < 1e-6 relative, at 10x the time).
-PLD_RELATIVE_INTERVAL = 1e-3
 REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
 NoiseMultiplier = Union[float, Sequence[float]]
 
@@ -206,20 +236,59 @@ def composed_gaussian_multiplier(sigmas) -> float:
   return math.fsum(s ** -2.0 for s in sigmas) ** -0.5
 
 
-def pld_epsilon(num_hospitals: int, rounds, delta: float, scale: float = 1.0):
-  """ε from dp_accounting's PLD accountant, or None unless every round has m_t = H.
+def gaussian_log_delta(mu: float, eps: float) -> float:
+  """log δ(ε) of a Gaussian mechanism with shift/std μ > 0 (Balle-Wang 2018, Thm 8), in log
+  space: log[Φ(μ/2 - ε/μ) - e^ε Φ(-μ/2 - ε/μ)]; -inf where the difference is not positive."""
+  upper = float(scipy.special.log_ndtr(mu / 2 - eps / mu))
+  lower = eps + float(scipy.special.log_ndtr(-mu / 2 - eps / mu))
+  return upper + math.log1p(-math.exp(lower - upper)) if lower < upper else -math.inf
 
-  The rounds compose into one Gaussian; PLD's GaussianDpEvent(z) under REPLACE_ONE puts the
-  neighbours 2/z std apart, so z = σ here (module docstring). `scale` (about the expected ε)
-  sets the discretisation interval.
+
+# gaussian_epsilon's margin in log δ: it returns an ε with log δ(ε) <= log δ - 1e-10 as
+# computed, far above the evaluation's rounding (~1e-13 measured, two formulas compared).
+LOG_DELTA_MARGIN = 1e-10
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+  """The smallest ε >= 0 with δ(ε) <= δ for a Gaussian of shift/std μ, rounded up: the root
+  of log δ(ε) = log δ - LOG_DELTA_MARGIN, then stepped up until that holds as computed, so
+  rounding in the evaluation cannot make it an underestimate (cost: ~1e-10 relative in δ,
+  below 1e-9 relative in ε)."""
+  if mu <= 0:
+    return 0.0
+  if math.isinf(mu):
+    return math.inf
+  target = math.log(delta) - LOG_DELTA_MARGIN
+  gap = lambda eps: gaussian_log_delta(mu, eps) - target
+  if gap(0.0) <= 0:
+    return 0.0
+  # δ(ε) < Φ(μ/2 - ε/μ) = δ at ε = μ²/2 + μ Φ^-1(1 - δ): a bracket, widened if rounding says not.
+  high = (mu * mu / 2 - mu * float(scipy.special.ndtri(delta))) * (1 + 1e-6) + 1e-6
+  while gap(high) > 0:
+    high *= 2
+  eps = scipy.optimize.brentq(gap, 0.0, high, xtol=1e-13, rtol=4 * np.finfo(float).eps,
+                              maxiter=500)
+  step = 1e-13 * max(1.0, eps)
+  while gap(eps) > 0:
+    eps, step = eps + step, 2 * step
+  return float(eps)
+
+
+def composed_shift(sigmas) -> float:
+  """μ of the one Gaussian equal to rounds of σ_t on the same 2S shift: 2 (Σ σ_t^-2)^1/2."""
+  return 2.0 * math.sqrt(math.fsum(s ** -2.0 for s in sigmas))
+
+
+def pld_epsilon(num_hospitals: int, rounds, delta: float):
+  """The exact ε (rounded up) of rounds [(m_t, σ_t)], or None unless every round has m_t = H.
+
+  The rounds compose into one Gaussian of shift/std μ = 2 (Σ σ_t^-2)^1/2, whose privacy loss
+  distribution's ε is evaluated in closed form (gaussian_epsilon; module docstring: why not
+  dp_accounting's discretised PLD accountant).
   """
   if any(m != num_hospitals for m, _ in rounds):
     return None
-  sigma = composed_gaussian_multiplier([s for _, s in rounds])
-  interval = max(1e-4, PLD_RELATIVE_INTERVAL * scale)
-  accountant = dp_accounting.pld.PLDAccountant(REPLACE_ONE, value_discretization_interval=interval)
-  accountant.compose(dp_accounting.GaussianDpEvent(sigma))
-  return float(accountant.get_epsilon(delta))
+  return gaussian_epsilon(composed_shift([s for _, s in rounds]), delta)
 
 
 def epsilon_report(num_hospitals: int, hospitals_per_round, noise_multiplier: NoiseMultiplier,
@@ -239,7 +308,7 @@ def epsilon_report(num_hospitals: int, hospitals_per_round, noise_multiplier: No
   if any(sigma <= 0 for _, sigma in rounds):
     return dict(epsilon=math.inf, accountant="rdp", rdp=math.inf, pld=None)
   rdp = rdp_epsilon(num_hospitals, rounds, delta)
-  pld = pld_epsilon(num_hospitals, rounds, delta, scale=rdp)
+  pld = pld_epsilon(num_hospitals, rounds, delta)
   if pld is not None and pld < rdp:
     return dict(epsilon=pld, accountant="pld", rdp=rdp, pld=pld)
   return dict(epsilon=rdp, accountant="rdp", rdp=rdp, pld=pld)
