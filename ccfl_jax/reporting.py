@@ -160,8 +160,8 @@ def vote_totals(records: list[dict]) -> dict:
 
 
 ACCOUNTANTS = {
-    "rdp": "RDP (dp_accounting)", "pld": "PLD (dp_accounting; every round had m_t = H, and "
-    "the PLD bound was the smaller valid one)"}
+    "rdp": "RDP (dp_accounting)", "pld": "PLD of the composed Gaussian in closed form (every "
+    "round had m_t = H, and it was the smaller valid bound; privacy.gaussian_epsilon)"}
 
 
 def privacy_summary(config, final: dict, accountant: str, parameters: dict | None) -> dict:

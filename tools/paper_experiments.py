@@ -63,7 +63,16 @@ EXPERIMENTS = {
                                             "partition.kind": "dirichlet",
                                             "partition.alpha": 0.1}),
     )),
+    "privacy_at_scale": ("configs/scale1000.py", "What does client-level DP with a "
+                         "meaningful epsilon cost at 1,000 hospitals, 100 sampled a round? "
+                         "(issue #12; target: within 3 points of non-private accuracy)", (
+        Variant("non-private (σ 0)", {"privacy.noise_multiplier": 0.0}),
+        Variant("σ 1", {"privacy.noise_multiplier": 1.0}),
+        Variant("σ 3", {"privacy.noise_multiplier": 3.0}),
+    )),
 }
+# The variant the others are compared with, where an experiment has one.
+REFERENCE = {"privacy_at_scale": "non-private (σ 0)"}
 FINAL_METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 LAST_ROUNDS = 5  # the table's accuracy is also given as the mean of the last 5 rounds
 
@@ -141,6 +150,7 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
   config_path = config_path or default_config
   rounds_flag = (f" --num_rounds={num_rounds}" if num_rounds else "") + (
       f" --config={config_path}" if config_path != default_config else "")
+  delta = load_config_file(REPO / config_path).privacy.delta
   lines = [f"# {question.split('?')[0].split(' (')[0]}", "",
            f"Question: {question}.", "",
            f"Made by `python tools/paper_experiments.py --experiment={experiment} "
@@ -150,7 +160,7 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
            f"`results/{experiment}.png`; per run and round: `results/{experiment}.json`.", "",
            setup_line(config_path, variants), "",
            f"| variant | n | final accuracy | accuracy, mean of the last {LAST_ROUNDS} rounds | "
-           "final AUC | sensitivity | specificity | rounds to 0.9 accuracy | ε (δ 1e-5) | "
+           f"final AUC | sensitivity | specificity | rounds to 0.9 accuracy | ε (δ {delta:g}) | "
            "wall time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for variant in variants:
     rows = [r for r in records if r["variant"] == variant.label]
@@ -168,7 +178,27 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
                       ", ".join("never" if x is None else str(x) for x in reach),
                       ", ".join(sorted(eps)),
                       mean_sd([r["wall_seconds"] for r in rows], 0)]) + " |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + _gaps(experiment, records, variants)) + "\n"
+
+
+def _last_rounds_mean(rows) -> float:
+  return statistics.mean(statistics.mean(r["accuracy"][-LAST_ROUNDS:]) for r in rows)
+
+
+def _gaps(experiment: str, records: list[dict], variants) -> list[str]:
+  """Lines comparing each variant's last-rounds accuracy with the experiment's reference."""
+  reference = [r for r in records if r["variant"] == REFERENCE.get(experiment)]
+  if not reference:
+    return []
+  lines = ["", f"Accuracy (mean of the last {LAST_ROUNDS} rounds, over seeds) against "
+           f"{REFERENCE[experiment]}, {_last_rounds_mean(reference):.3f}:"]
+  for variant in variants:
+    rows = [r for r in records if r["variant"] == variant.label]
+    if rows and variant.label != REFERENCE[experiment]:
+      gap = 100 * (_last_rounds_mean(reference) - _last_rounds_mean(rows))
+      lines.append(f"- {variant.label}: {_last_rounds_mean(rows):.3f}, a gap of {gap:.1f} "
+                   f"points (n = {len(rows)} seeds; ε {rows[0]['epsilon']:.3g})")
+  return lines
 
 
 def plot(experiment: str, records: list[dict], path: pathlib.Path) -> None:

@@ -30,6 +30,12 @@ nothing else. A round is
      noised submissions (laplace_local; each hospital's Laplace noise, variance 2b² per
      coordinate, is). RoundOutput.v_c and .u_s; NaN when nothing was accepted.
 
+What a round reads of the hospitals' slices (their K local batches, the vote's validation
+batches) is drawn first, as indices, and gathered where the slices live (round_data.py):
+from host memory by default, so only the sampled hospitals' m_t x K x B slices reach the
+devices each round, sharded over the hospital axis; or from the devices, where
+engine.data_placement = device replicated them once. Same numbers either way.
+
 The compiled engine runs all of it inside ONE jitted function: hospitals sharded over a 1-D
 device mesh with `shard_map` and mapped within a device by `vmap` or unrolled in the trace
 (each device evaluates its own hospitals' models on every verifier's batch); the vote, on

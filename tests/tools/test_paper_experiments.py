@@ -10,7 +10,7 @@ from tests.conftest import REPO_ROOT
 from tests.tools.test_report import _tool
 
 
-@pytest.mark.parametrize("experiment", ["providers", "fed_vs_central"])
+@pytest.mark.parametrize("experiment", ["providers", "fed_vs_central", "privacy_at_scale"])
 def test_every_variant_is_a_valid_config_that_changes_only_what_it_says(experiment):
   tool = _tool("paper_experiments")
   config_path, _, variants = tool.EXPERIMENTS[experiment]
@@ -47,3 +47,18 @@ def test_a_tiny_providers_sweep_writes_its_table_plot_and_curves(tmp_path):
        f"--runs_dir={tmp_path / 'runs'}", f"--out_dir={tmp_path / 'out'}"],
       capture_output=True, text=True, cwd=REPO_ROOT)
   assert rerun.returncode == 0 and json.loads((tmp_path / "out" / "providers.json").read_text()) == records
+
+
+def test_privacy_at_scale_compares_each_sigma_with_the_non_private_run():
+  tool = _tool("paper_experiments")
+  curve = lambda last: [0.5] * 10 + [last] * tool.LAST_ROUNDS
+  record = lambda label, seed, last, eps: dict(
+      variant=label, seed=seed, wall_seconds=10.0, epsilon=eps, accuracy=curve(last),
+      loss=[1.0] * 15, final=dict(accuracy=last, auc=0.9, sensitivity=0.8, specificity=0.7))
+  records = [record("non-private (σ 0)", 0, 0.90, None), record("non-private (σ 0)", 1, 0.94, None),
+             record("σ 3", 0, 0.85, 8.94), record("σ 3", 1, 0.87, 8.94)]
+  table = tool.markdown("privacy_at_scale", records, [0, 1])
+  assert "ε (δ 1e-06)" in table  # the config's delta, not fed9's
+  assert "against non-private (σ 0), 0.920:" in table
+  assert "- σ 3: 0.860, a gap of 6.0 points (n = 2 seeds; ε 8.94)" in table
+  assert "σ 1" not in table.split("Accuracy (mean")[1]  # no runs, no line
