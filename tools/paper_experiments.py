@@ -196,8 +196,9 @@ def _gaps(experiment: str, records: list[dict], variants) -> list[str]:
     rows = [r for r in records if r["variant"] == variant.label]
     if rows and variant.label != REFERENCE[experiment]:
       gap = 100 * (_last_rounds_mean(reference) - _last_rounds_mean(rows))
+      epsilon = "inf" if rows[0]["epsilon"] is None else f"{rows[0]['epsilon']:.3g}"
       lines.append(f"- {variant.label}: {_last_rounds_mean(rows):.3f}, a gap of {gap:.1f} "
-                   f"points (n = {len(rows)} seeds; ε {rows[0]['epsilon']:.3g})")
+                   f"points (n = {len(rows)} seeds; ε {epsilon})")
   return lines
 
 

@@ -42,7 +42,7 @@ def results(tmp_path):
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "results" / name, tmp_path / name)
   experiments = _tool("paper_experiments")
-  for name in ("providers", "fed_vs_central"):
+  for name in ("providers", "fed_vs_central", "privacy_at_scale"):
     variants = experiments.EXPERIMENTS[name][2]
     records = _curve_records(name, {v.label: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95 - 0.1 * i]
                                     for i, v in enumerate(variants)})
@@ -68,6 +68,9 @@ def test_report_numbers_come_from_the_results_files(results):
     assert f"## {section}" in report
   assert "![Number of providers (Figs. 10 and 11)](providers.png)" in report
   assert "python tools/robustness.py" in report  # the command its results file quotes
+  assert ("σ 1 (ε = inf) ends 2.0 points below the non-private 0.790 (last-5-round accuracy, "
+          "2 seed(s)): the 3-point target is met.") in report
+  assert "σ 3 (ε = inf) ends 4.0 points below" in report and "target is missed" in report
 
 
 @pytest.mark.parametrize("missing", ["providers.json", "robustness.png", "fed9/summary.json"])
