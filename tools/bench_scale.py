@@ -82,9 +82,8 @@ def run_case(case: dict) -> dict:
     state, _ = run_round(state, data, sampled, jax.random.key(r), round_index=r)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - tic)
-  plan = jax.jit(engine._plan_function(settings, n))
-  moved = engine._host_round_data(plan, data, mesh_lib.pad_sampled(sampled, 1)[0],
-                                  np.zeros(0, np.int32), jax.random.key(0), settings)
+  moved = engine.host_round_data(settings)(data, mesh_lib.pad_sampled(sampled, 1)[0],
+                                           np.zeros(0, np.int32), jax.random.key(0))
   stats = jax.devices()[0].memory_stats() or {}
   round_s = statistics.median(times[1:])
   return dict(case, first_round_s=times[0], round_s=round_s,

@@ -350,12 +350,20 @@ def _device_round_data(data, ids, verifiers, malicious, round_key, s: RoundSetti
   return round_data_lib.gather(data, ids, verifiers, plan)
 
 
-def _host_round_data(plan_fn, data, ids, verifiers, round_key, s: RoundSettings):
-  """Placement 'host': the round's indices drawn (one small jit), then only those slices
+def host_round_data(s: RoundSettings):
+  """Placement 'host': fn(data, ids, verifiers, round_key) -> RoundData, the round's indices
+  drawn in one small jit (compiled once per padded slice capacity), then only those slices
   gathered from host memory (numpy)."""
-  malicious = attacks.malicious_flags(s.attack, jnp.asarray(ids, jnp.int32))
-  plan = round_data_lib.host_plan(plan_fn, data, ids, verifiers, malicious, round_key)
-  return round_data_lib.gather(data, ids, round_data_lib.as_int32(verifiers), plan)
+  plan_fn = jax.jit(lambda capacity, *inputs: _plan_function(s, capacity)(*inputs),
+                    static_argnums=0)
+
+  def fn(data, ids, verifiers, round_key):
+    malicious = attacks.malicious_flags(s.attack, jnp.asarray(ids, jnp.int32))
+    plan = round_data_lib.host_plan(functools.partial(plan_fn, data.images.shape[1]), data,
+                                    ids, verifiers, malicious, round_key)
+    return round_data_lib.gather(data, ids, round_data_lib.as_int32(verifiers), plan)
+
+  return fn
 
 
 def _check_verifiers(settings: RoundSettings, verifiers):
@@ -442,7 +450,7 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str,
     return round_body(state, slices, sampled, weights, round_key, first_step)
 
   replicated = NamedSharding(mesh, P())
-  plan_functions = {}  # capacity -> the jitted round_plan (one per dataset shape)
+  round_data_on_host = host_round_data(settings)
 
   def run_round(state, data, sampled, round_key, verifiers=None, round_index=0):
     ids, weights = mesh_lib.pad_sampled(np.asarray(sampled), num_devices)
@@ -454,11 +462,7 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str,
       state, out = step_on_device_data(state, data, ids, weights, verifiers, round_key,
                                        first_step)
       return state, _without_padding(out, len(sampled))
-    capacity = data.images.shape[1]
-    if capacity not in plan_functions:
-      plan_functions[capacity] = jax.jit(_plan_function(settings, capacity))
-    slices = _host_round_data(plan_functions[capacity], data, ids, verifiers, round_key,
-                              settings)
+    slices = round_data_on_host(data, ids, verifiers, round_key)
     slices = jax.device_put(slices, round_data_lib.shardings(mesh, slices))
     state, out = step(state, slices, ids, weights, round_key, first_step)
     return state, _without_padding(out, len(sampled))
@@ -474,7 +478,7 @@ def sequential_round(settings: RoundSettings):
   hospital_step = jax.jit(_hospital_training(settings) if colluding
                           else _hospital_round(settings))
   evaluation_step = jax.jit(_hospital_evaluation(settings))
-  plan_functions = {}  # capacity -> the jitted round_plan
+  round_data_on_host = host_round_data(settings)
 
   @jax.jit
   def collude(deltas, stats, malicious):
@@ -503,11 +507,7 @@ def sequential_round(settings: RoundSettings):
     ids = jnp.asarray(sampled, jnp.int32)
     keys = hospital_keys(round_key, ids)
     malicious = attacks.malicious_flags(settings.attack, ids)
-    capacity = data.images.shape[1]
-    if capacity not in plan_functions:
-      plan_functions[capacity] = jax.jit(_plan_function(settings, capacity))
-    slices = _host_round_data(plan_functions[capacity], data, sampled, verifiers, round_key,
-                              settings)
+    slices = round_data_on_host(data, sampled, verifiers, round_key)
     own_batches = ([None] * len(sampled) if slices.own_batches is None
                    else tree_util.unstack(slices.own_batches))
     shared = RoundShared(state.params, jax.device_put(slices.verifier_batches),

@@ -75,10 +75,8 @@ def test_host_and_device_placement_give_the_same_bits(hospital_data, model_name,
 def test_a_round_gathers_only_the_sampled_hospitals_batches(hospital_data):
   settings = _settings(hidden=(16,))
   capacity = hospital_data.images.shape[1]
-  plan_fn = jax.jit(engine._plan_function(settings, capacity))
   ids = np.array([0, 2, 3, 5, 0, 0], np.int32)  # padded to 6 as on 3 devices
-  slices = engine._host_round_data(plan_fn, hospital_data, ids, VERIFIERS, jax.random.key(7),
-                                   settings)
+  slices = engine.host_round_data(settings)(hospital_data, ids, VERIFIERS, jax.random.key(7))
   k, b, size = settings.local_steps, settings.batch_size, settings.validation_size
   assert isinstance(slices.local.images, np.ndarray)  # gathered in host memory
   assert slices.local.images.shape == (6, k, b, SIZE, SIZE, 1)  # m x K x B slices, not H x N
