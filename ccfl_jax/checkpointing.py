@@ -21,9 +21,18 @@ from ccfl_jax.files import write_atomically
 
 
 def checkpoint_manager(run_dir, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      pathlib.Path(run_dir).absolute() / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  """The run's checkpoints. With several processes only process 0 opens it (it writes the
+  run folder: federated/processes.py) and saves the host copy of the replicated state, so
+  orbax is told process 0 is its only participant (no barrier waits for the others)."""
+  directory = pathlib.Path(run_dir).absolute() / "checkpoints"
+  if jax.process_count() == 1:
+    return ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  directory.mkdir(parents=True, exist_ok=True)  # orbax refuses create=True here
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=False,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=0, active_processes={0})))
 
 
 class PrivacyHistory(NamedTuple):

@@ -111,6 +111,14 @@ def default_config() -> ml_collections.ConfigDict:
   # (compiled engine only). Same numbers (federated/round_data.py).
   c.engine.data_placement = "host"
 
+  # Several processes (hosts), one global device mesh (federated/processes.py): every process
+  # runs the same command with its own process_id; process 0 alone writes the run folder.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.num_processes = 1  # 1 = this process only; > 1: coordinator_address needed
+  c.distributed.process_id = 0     # 0 .. num_processes - 1; process 0 writes the run folder
+  c.distributed.coordinator_address = ""  # host:port of process 0, e.g. "10.0.0.1:8476"
+  c.distributed.auto_detect = False  # True: Slurm / Open MPI / TPU pod find the three above
+
   # The run's audit ledger (ccfl_jax/ledger) and the MAE-vote consensus it records (eqs. 14-15).
   c.ledger = ml_collections.ConfigDict()
   c.ledger.enabled = True         # False: no ledger, no vote, every sampled update aggregated
@@ -360,6 +368,13 @@ def validate(config) -> None:
   _check(config.engine.kind == "compiled" or config.engine.data_placement == "host",
          "engine.data_placement", "host under engine.kind = sequential (its loop hands each "
          "hospital its slices from host memory)", config)
+  d = config.distributed
+  _check(d.num_processes >= 1, "distributed.num_processes", ">= 1", config)
+  _check(0 <= d.process_id < d.num_processes, "distributed.process_id",
+         f"in [0, distributed.num_processes = {d.num_processes})", config)
+  _check(d.num_processes == 1 or d.auto_detect or bool(d.coordinator_address),
+         "distributed.coordinator_address", "host:port of process 0 when num_processes > 1 "
+         "(or distributed.auto_detect = True)", config)
   _check(isinstance(config.ledger.enabled, bool), "ledger.enabled", "True or False", config)
   _check(0 <= config.ledger.difficulty <= 24, "ledger.difficulty", "proof-of-work bits in [0, 24]",
          config)

@@ -42,10 +42,10 @@ def git_commit(root: pathlib.Path = SOURCE_ROOT) -> str:
   return commit + (" + uncommitted changes" if dirty else "")
 
 
-def describe(devices) -> dict:
-  """The run's environment, JSON-ready."""
+def describe(devices, processes: int = 1) -> dict:
+  """The run's environment, JSON-ready: `processes` JAX processes (hosts) hold `devices`."""
   devices = list(devices)
   return dict(python=platform.python_version(), platform=platform.platform(),
               backend=devices[0].platform if devices else "none", device_count=len(devices),
-              devices=[str(d) for d in devices], packages=package_versions(),
-              git_commit=git_commit())
+              devices=[str(d) for d in devices], processes=processes,
+              packages=package_versions(), git_commit=git_commit())

@@ -139,8 +139,8 @@ def main(argv):
   _configure_logging(_VERBOSE.value)
   run_dir = pathlib.Path(config.results_dir) / config.run_name
   python_logging.getLogger("ccfl_jax").info("%s", started_line(config, run_dir))
-  train(config, run_dir)
-  print(f"results in {run_dir}/ (summary.md, metrics.jsonl, curves.png, checkpoints/)")
+  if train(config, run_dir):
+    print(f"results in {run_dir}/ (summary.md, metrics.jsonl, curves.png, checkpoints/)")
 
 
 def started_line(config, run_dir) -> str:
@@ -150,15 +150,16 @@ def started_line(config, run_dir) -> str:
           f"{config.model.name}, data {config.dataset.name}; loading JAX ...")
 
 
-def train(config, run_dir) -> None:
-  """training.train_and_evaluate, its expected errors in one line (exit 2)."""
+def train(config, run_dir) -> bool:
+  """training.train_and_evaluate, its expected errors in one line (exit 2); whether this
+  process wrote the run folder (with several processes only process 0 does)."""
   # Lazy, deliberately: the loop imports JAX, flax and dp_accounting (~5 s), after the
   # first progress line has told the user the run started.
   from ccfl_jax import files, recorder, training
   from ccfl_jax.data.errors import DataError
   from ccfl_jax.ledger import run_ledger
   try:
-    training.train_and_evaluate(config, run_dir)  # validates the config first
+    return bool(training.train_and_evaluate(config, run_dir))  # validates the config first
   except (configuration.ConfigError, DataError, recorder.IncompatibleRun,
           training.NoUpdateAccepted, files.OutputError, *run_ledger.RESUME_ERRORS) as error:
     if _DEBUG.value:

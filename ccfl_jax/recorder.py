@@ -32,7 +32,9 @@ LOG = logging.getLogger("ccfl_jax")
 # how often it saves and where it reads caches from, never what a round computes.
 RESUMABLE_CHANGES = ("num_rounds", "checkpoint_every", "max_checkpoints_to_keep",
                      "eval_batch_size", "results_dir", "resume_force", "dataset.cache_dir",
-                     "dataset.tfds_data_dir", "ledger.keystore", "metrics_csv", "tensorboard")
+                     "dataset.tfds_data_dir", "ledger.keystore", "metrics_csv", "tensorboard",
+                     "distributed.process_id", "distributed.coordinator_address",
+                     "distributed.auto_detect")
 
 
 class IncompatibleRun(ValueError):
@@ -242,6 +244,10 @@ class RunRecorder:
     """The round's leader and verifiers, handed out before the round (None without a ledger)."""
     return None if self.ledger is None else run_ledger.round_roles(self.ledger, round_index)
 
+  def latest_step(self) -> int | None:
+    """The newest checkpoint's round (None: none yet)."""
+    return self.manager.latest_step()
+
   def record(self, round_index: int, roles, sampled, out, state, record: dict,
              history) -> None:
     """Metrics line, then the checkpoint if due (before the block: the block carries its
@@ -276,3 +282,30 @@ class RunRecorder:
     if steps:
       names.append(f"checkpoints/{steps[-1]}")
     self.ledger = run_ledger.close_run(self.ledger, {n: self.run_dir / n for n in names})
+
+
+@dataclasses.dataclass
+class FollowingRecorder:
+  """What a process other than 0 keeps of the run (federated/processes.py): nothing on disk.
+  Its restore and roles are placeholders of the primary's shape, which the training loop
+  replaces with process 0's values (processes.from_primary)."""
+  config: object
+  records: list = dataclasses.field(default_factory=list)
+
+  def restore(self, initial_state):
+    return initial_state, 0, checkpointing.PrivacyHistory()
+
+  def roles(self, round_index: int) -> run_ledger.RoundRoles | None:
+    if not self.config.ledger.enabled:
+      return None
+    count = min(self.config.ledger.num_verifiers, self.config.num_hospitals)
+    return run_ledger.RoundRoles(0, (0,) * count)
+
+  def latest_step(self) -> None:
+    return None
+
+  def record(self, *args, **kwargs) -> None:
+    pass
+
+  def close(self, output_names) -> None:
+    pass

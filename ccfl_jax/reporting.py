@@ -371,13 +371,18 @@ def _frozen_text(parameters: dict | None) -> str:
           "receive no update, carry no noise and take no share of the clipped norm.")
 
 
+def _over_processes(processes: int) -> str:
+  return "" if processes == 1 else f" over {processes} processes (process 0 wrote this run)"
+
+
 def _environment_markdown(environment: dict | None) -> list[str]:
   if not environment:
     return []
   lines = ["## Environment", "",
            f"Code: git commit {environment['git_commit']}; Python {environment['python']} on "
            f"{environment['platform']}; JAX backend {environment['backend']}, "
-           f"{environment['device_count']} device(s).", ""]
+           f"{environment['device_count']} device(s)"
+           f"{_over_processes(environment.get('processes', 1))}.", ""]
   return lines + _table(["package", "version"],
                         [[k, v] for k, v in environment["packages"].items()]) + [""]
 

@@ -22,7 +22,8 @@ from ccfl_jax import (builders, configuration, environment, failpoints, files, i
                       models, recorder, reporting)
 from ccfl_jax.data import datasets, hospitals, partition, quality, real_slices
 from ccfl_jax.federated import (aggregation, attacks, engine, mesh as mesh_lib, privacy,
-                                sampling, server)
+                                processes, sampling, server)
+from ccfl_jax.ledger import run_ledger
 
 LOG = logging.getLogger("ccfl_jax")
 
@@ -192,14 +193,19 @@ def robustness_summary(config, records: list[dict]) -> dict:
 
 
 def train_and_evaluate(config, run_dir) -> dict:
-  """Trains config.num_rounds federated rounds in `run_dir`; returns the summary."""
+  """Trains config.num_rounds federated rounds in `run_dir`; returns the summary (an empty
+  dict on a process other than 0, which writes nothing: federated/processes.py)."""
   configuration.validate(config)
-  files.check_writable_folder(run_dir)  # before the data and the compile, not after
+  processes.initialize(config.distributed)  # before JAX computes anything
+  primary = processes.is_primary()  # writes the run folder and logs (processes.py)
+  if primary:
+    files.check_writable_folder(run_dir)  # before the data and the compile, not after
   started = time.time()
   data = prepare_data(config)
-  LOG.info("data: %s", data_line(data.counts))
-  for warning in data.warnings:
-    LOG.warning("warning: %s", warning)
+  if primary:
+    LOG.info("data: %s", data_line(data.counts))
+    for warning in data.warnings:
+      LOG.warning("warning: %s", warning)
   model = models.from_config(config)
   mesh = mesh_lib.hospital_mesh(config.engine.num_devices)
   run_round = builders.build_round(config, model, mesh)
@@ -207,19 +213,22 @@ def train_and_evaluate(config, run_dir) -> dict:
   evaluate = inference.make_evaluator(model, data.test.images, data.test.labels,
                                       config.eval_batch_size)
   backdoor_success = backdoor_evaluator(config, model, data.test)
-  run = recorder.RunRecorder.open(config, run_dir, data.registrations)
+  run = (recorder.RunRecorder.open(config, run_dir, data.registrations) if primary
+         else recorder.FollowingRecorder(config))
   state, rounds_done, history = run.restore(server.initial_state(config, model))
+  state, rounds_done = processes.from_primary((state, np.int32(rounds_done)))
+  rounds_done = int(rounds_done)
 
   base_key = jax.random.key(config.seed)
   p = config.privacy
   round_times = []
-  if rounds_done < config.num_rounds:
+  if rounds_done < config.num_rounds and primary:
     LOG.info("compiling the round (first round only) ...")
   for round_index in range(rounds_done, config.num_rounds):
     tic = time.time()
     sampled = sampling.sample_hospitals(config.seed, round_index, config.num_hospitals,
                                         config.hospitals_per_round)
-    roles = run.roles(round_index)
+    roles = processes.shared_roles(run.roles(round_index), run_ledger.RoundRoles)
     failpoints.hit("round", round_index + 1)
     state, out = run_round(state, device_data, sampled, jax.random.fold_in(base_key, round_index),
                            None if roles is None else np.asarray(roles.verifiers),
@@ -231,7 +240,9 @@ def train_and_evaluate(config, run_dir) -> dict:
       raise no_update_accepted(
           round_index, sampled,
           recorder.verdict_reasons(jax.device_get(out), builders.consensus_rule(config)),
-          run.manager.latest_step())
+          run.latest_step())
+    if not primary:  # the round's outputs are recorded by process 0
+      continue
     if not finite.all():
       LOG.warning("round %d: the update of hospital(s) %s is non-finite (NaN/Inf), rejected; "
                   "training continues without it", round_index + 1, sampled[~finite].tolist())
@@ -244,17 +255,21 @@ def train_and_evaluate(config, run_dir) -> dict:
     else:
       epsilon = privacy.epsilon(config.num_hospitals, history.sampled,
                                 history.noise_multipliers, p.delta)
-    record = round_metrics(round_index, sampled, out, evaluate(state.params), data.test.labels,
+    params = processes.local_copy(state.params)
+    record = round_metrics(round_index, sampled, out, evaluate(params), data.test.labels,
                            epsilon, config, round_times[-1],
-                           None if backdoor_success is None else backdoor_success(state.params),
+                           None if backdoor_success is None else backdoor_success(params),
                            laplace)
-    run.record(round_index, roles, sampled, out, state, record, history)
+    run.record(round_index, roles, sampled, out, state._replace(params=params), record,
+               history)
     reporting.log_round(record, config.num_rounds, round_times)
+  if not primary:
+    return {}
   accountant = ("laplace" if p.mechanism == "laplace_local" else
                 privacy.epsilon_report(config.num_hospitals, history.sampled,
                                        history.noise_multipliers, p.delta)["accountant"])
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
-                                time.time() - started, environment.describe(jax.devices()),
+                                time.time() - started, environment.describe(jax.devices(), jax.process_count()),
                                 accountant, data.warnings,
                                 models.parameter_counts(state.params,
                                                         model.trainable_mask(state.params)))

@@ -157,6 +157,12 @@ def test_main_rejects_bad_config_in_one_line(tmp_path, override, field):
     (lambda c: setattr(c, "run_name", "/tmp/abs"), "run_name.*inside results_dir"),
     (lambda c: c.local_optimizer.__setitem__("weight_decay", 0.1),
      r"config.local_optimizer: .*weight_decay.* is not a valid optax.adam"),
+    (lambda c: setattr(c.distributed, "num_processes", 0), r"distributed.num_processes.*>= 1"),
+    (lambda c: c.distributed.update(num_processes=2, process_id=2,
+                                    coordinator_address="localhost:1"),
+     r"distributed.process_id = 2: expected in \[0, distributed.num_processes = 2\)"),
+    (lambda c: setattr(c.distributed, "num_processes", 2),
+     "distributed.coordinator_address.*host:port of process 0"),
 ])
 def test_validate_names_field_and_choices(change, message):
   config = tiny_config()

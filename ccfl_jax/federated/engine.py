@@ -85,8 +85,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ccfl_jax import tree_util
 from ccfl_jax.data import augment as augment_lib
 from ccfl_jax.federated import (aggregation as aggregation_lib, attacks, client, cross_evaluation,
-                                mesh as mesh_lib, privacy, round_data as round_data_lib, server,
-                                update_stats)
+                                mesh as mesh_lib, privacy, processes, round_data as round_data_lib,
+                                server, update_stats)
 from ccfl_jax.ledger import consensus as consensus_lib
 
 H = mesh_lib.HOSPITAL_AXIS
@@ -375,7 +375,7 @@ def _check_verifiers(settings: RoundSettings, verifiers):
 def _without_padding(out: RoundOutput, num_sampled: int) -> RoundOutput:
   """The round's outputs on the host (numpy), the padded hospitals' rows dropped; v_c and u_s
   (scalars) as they are."""
-  out = jax.device_get(out)
+  out = processes.to_host(out)
   per_hospital = {name: jax.tree.map(lambda a: a[:num_sampled], getattr(out, name))
                   for name in RoundOutput._fields if name not in ("v_c", "u_s")}
   return out._replace(**per_hospital)

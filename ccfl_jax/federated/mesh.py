@@ -9,12 +9,17 @@ HOSPITAL_AXIS = "hospitals"
 
 
 def hospital_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D mesh over the first `num_devices` local devices (0 = all)."""
+  """A 1-D mesh over the first `num_devices` devices (0 = all; with several processes, the
+  devices of all of them: federated/processes.py)."""
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"config.engine.num_devices: {num_devices} devices asked for, "
                        f"{len(devices)} available")
+    if num_devices < len(devices) and jax.process_count() > 1:
+      raise ValueError(f"config.engine.num_devices: {num_devices} of the {len(devices)} "
+                       f"devices of {jax.process_count()} processes; with several processes "
+                       "the mesh spans them all (0)")
     devices = devices[:num_devices]
   return Mesh(np.array(devices), (HOSPITAL_AXIS,))
 
