@@ -1,10 +1,23 @@
-"""Test set-up: 8 simulated CPU devices (set before JAX is imported) and the shared data."""
+"""Test set-up: 8 simulated CPU devices and one XLA compilation cache for the session (both
+set before JAX is imported), and the shared data."""
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  # The suite compiles the same tiny rounds again and again, in pytest-xdist's workers and in
+  # the command-line runs it starts (which inherit this environment): JAX's persistent cache
+  # shares them (the key covers the computation, devices and XLA flags, so results are
+  # unchanged). One fresh folder per session, made by the first process to load this file.
+  _cache = tempfile.mkdtemp(prefix="ccfl_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import pytest  # noqa: E402
 
