@@ -52,7 +52,8 @@ def round_settings(config, model: models.ModelSpec) -> engine.RoundSettings:
       aggregation=aggregation_rule(config),
       schedule=server.schedule_from_config(config.local_schedule,
                                            config.num_rounds * config.local_steps),
-      mechanism=config.privacy.mechanism, laplace_epsilon=config.privacy.laplace_epsilon)
+      mechanism=config.privacy.mechanism, laplace_epsilon=config.privacy.laplace_epsilon,
+      compute_dtype=config.engine.compute_dtype)
 
 
 def hospital_axis(config, model: models.ModelSpec) -> str:

@@ -110,6 +110,9 @@ def default_config() -> ml_collections.ConfigDict:
   # (device memory independent of H); device: all of them replicated on every device once
   # (compiled engine only). Same numbers (federated/round_data.py).
   c.engine.data_placement = "host"
+  # Local training's forward and backward pass: float32 | bfloat16 (mixed precision: params,
+  # optimizer state, updates, clipping, noise, the vote and evaluation stay float32).
+  c.engine.compute_dtype = "float32"
 
   # Several processes (hosts), one global device mesh (federated/processes.py): every process
   # runs the same command with its own process_id; process 0 alone writes the run folder.
@@ -217,7 +220,8 @@ def choices() -> dict[str, tuple[str, ...]]:
   # Late imports, deliberately: config files import this module for default_config(), and
   # should not pay for JAX and the models on import.
   from ccfl_jax.data import errors, partition
-  from ccfl_jax.federated import aggregation, attacks, engine, privacy, round_data, server
+  from ccfl_jax.federated import (aggregation, attacks, client, engine, privacy, round_data,
+                                  server)
   from ccfl_jax.ledger import consensus
   return {
       "partition.kind": partition.PARTITIONERS,
@@ -226,6 +230,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "engine.hospital_axis": ("auto",) + engine.HOSPITAL_AXES,
       "engine.unroll_local_steps": UNROLL_CHOICES,
       "engine.data_placement": round_data.PLACEMENTS,
+      "engine.compute_dtype": client.COMPUTE_DTYPES,
       "ledger.consensus.rule": consensus.RULES,
       "ledger.key_source": ("random", "derived", "pem"),
       "attack.kind": attacks.KINDS,

@@ -27,6 +27,7 @@ from ccfl_jax.federated import attacks, privacy
 AUGMENT_KEY = 2  # fold_in(hospital key, AUGMENT_KEY) -> the augmentation keys (engine.py)
 BACKDOOR_KEY = 3  # fold_in(hospital key, BACKDOOR_KEY) -> which slices a backdoor poisons
 LAPLACE_KEY = 4  # fold_in(hospital key, LAPLACE_KEY) -> a laplace_local hospital's own noise
+COMPUTE_DTYPES = ("float32", "bfloat16")  # local training's forward and backward pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,9 @@ class LocalSettings:
   the run's local step t = round index x K + k (the round passes its first_step).
   `mechanism` (privacy.MECHANISMS): gaussian_central clips in L2 to clip_norm (the server
   adds the noise); laplace_local clips in L1 to clip_norm and adds Laplace noise of scale
-  2 clip_norm / laplace_epsilon to every trainable coordinate here, at the hospital."""
+  2 clip_norm / laplace_epsilon to every trainable coordinate here, at the hospital.
+  `compute_dtype` (COMPUTE_DTYPES): the local steps' forward and backward pass (train_step);
+  params, optimizer state, updates, clipping, noise and the vote stay float32."""
   model: Any
   optimizer: Any
   local_steps: int
@@ -52,6 +55,13 @@ class LocalSettings:
   schedule: Any = None  # step -> learning-rate factor; None: constant
   mechanism: str = "gaussian_central"  # privacy.MECHANISMS
   laplace_epsilon: float = 1.0  # laplace_local: each submission is laplace_epsilon-DP
+  compute_dtype: str = "float32"  # COMPUTE_DTYPES
+
+
+def in_dtype(tree, dtype):
+  """Floating leaves of tree cast to dtype (integer leaves as they are)."""
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                      tree)
 
 
 def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
@@ -66,16 +76,25 @@ def local_batches(key, count, capacity: int, num_steps: int, batch_size: int):
   return order[positions].reshape(num_steps, batch_size)
 
 
-def train_step(model, optimizer):
+def train_step(model, optimizer, compute_dtype: str = "float32"):
   """One optimizer step on a batch: (params, opt_state, images, labels, lr_factor=None) ->
   (params, opt_state, mean loss). The step every hospital repeats K times (and the
   centralized baseline, tools/train_centralized.py, repeats per batch). `lr_factor` scales
   the step: for the optax optimizers, whose learning rate is their last scaling (sgd,
   momentum, adam, adamw: decoupled weight decay included), that is the learning rate
-  times lr_factor."""
+  times lr_factor. Under compute_dtype bfloat16 the forward and backward pass run on
+  bfloat16 copies of the params and images, the loss on the outputs cast back to float32;
+  the gradient arrives float32 (the cast's transpose) and the step is float32."""
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"engine.compute_dtype {compute_dtype!r}: expected one of {COMPUTE_DTYPES}")
 
   def loss_fn(p, batch_images, batch_labels):
-    outputs = model.module.apply(p, batch_images, train=True)
+    if compute_dtype == "float32":
+      outputs = model.module.apply(p, batch_images, train=True)
+    else:
+      outputs = in_dtype(model.module.apply(in_dtype(p, compute_dtype),
+                                            batch_images.astype(compute_dtype), train=True),
+                         jnp.float32)
     return jnp.mean(model.loss(outputs, batch_images, batch_labels))
 
   def step(params, opt_state, batch_images, batch_labels, lr_factor=None):
@@ -134,7 +153,8 @@ def local_training(params, images, labels, count, key, first_step=0, *, model, o
 
 
 def train_on_batches(params, batch_images, batch_labels, key, first_step=0, *, model, optimizer,
-                     unroll, augment=augment_lib.AugmentSettings(), schedule=None):
+                     unroll, augment=augment_lib.AugmentSettings(), schedule=None,
+                     compute_dtype="float32"):
   """One optimizer step per batch (batch_images [K, B, ...], batch_labels [K, B]) from the
   global params; returns (local params, mean local loss).
 
@@ -142,7 +162,7 @@ def train_on_batches(params, batch_images, batch_labels, key, first_step=0, *, m
   `augment.enabled` (off: the batch as stored, and no key is drawn); with a `schedule`,
   step k's learning rate is scaled by schedule(first_step + k) (first_step may be traced).
   """
-  one_step = train_step(model, optimizer)
+  one_step = train_step(model, optimizer, compute_dtype)
   augment_key = jax.random.fold_in(key, AUGMENT_KEY)
 
   def step(carry, step_inputs):
@@ -207,7 +227,7 @@ def _update_settings(settings: LocalSettings) -> dict:
               clip_norm=settings.clip_norm, attack=settings.attack,
               trainable=settings.trainable, augment=settings.augment,
               schedule=settings.schedule, mechanism=settings.mechanism,
-              laplace_epsilon=settings.laplace_epsilon)
+              laplace_epsilon=settings.laplace_epsilon, compute_dtype=settings.compute_dtype)
 
 
 def make_hospital_update(settings: LocalSettings):

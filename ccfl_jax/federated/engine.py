@@ -139,6 +139,7 @@ class RoundSettings:
   schedule: Any = None  # local learning-rate factor by run step (server.schedule_from_config)
   mechanism: str = "gaussian_central"  # privacy.MECHANISMS
   laplace_epsilon: float = 1.0  # laplace_local: per-round epsilon of each submission
+  compute_dtype: str = "float32"  # local training's forward/backward (client.COMPUTE_DTYPES)
 
   def __post_init__(self):
     if self.mechanism not in privacy.MECHANISMS:
@@ -157,7 +158,7 @@ class RoundSettings:
     return client.LocalSettings(self.model, self.local_optimizer, self.local_steps,
                                 self.batch_size, self.unroll_local_steps, self.clip_norm,
                                 self.attack, self.trainable, self.augment, self.schedule,
-                                self.mechanism, self.laplace_epsilon)
+                                self.mechanism, self.laplace_epsilon, self.compute_dtype)
 
   def first_step(self, round_index):
     """The run's local step the round starts at (its K steps follow), as an int32 array:
