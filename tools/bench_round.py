@@ -3,11 +3,15 @@ r"""Rounds per second of the compiled engine vs. the sequential loop, in one pro
   python tools/bench_round.py [--hospitals=9,36] [--rounds=5] [--out=results/bench_round]
 
 For the small CNN and a small MLP at H = 9 and H = 36 (every hospital sampled, K local
-steps, batch 32), times the sequential engine (one jitted dispatch per hospital) and the
-compiled engine with each hospital-axis mapping (vmap, unroll), after one warm-up round
-that compiles. Writes <out>.md and <out>.json. Ratios are what to read on a shared CPU;
-absolute times only on an accelerator. Runs unchanged on a GPU.
+steps, batch 32), times the sequential engine (one jitted dispatch per hospital), the
+compiled engine with each hospital-axis mapping (vmap, unroll), and the compiled engine
+with the backend's default mapping and bfloat16 local training (engine.compute_dtype),
+after one warm-up round that compiles. Roofline: each round's FLOPs (XLA cost analysis)
+per second against this machine's f32 matmul peak, measured in the same process (a jitted
+2048 x 2048 matmul). Writes <out>.md and <out>.json. Ratios are what to read on a shared
+CPU; absolute times only on an accelerator. Runs unchanged on a GPU.
 """
+import dataclasses
 import json
 import pathlib
 import platform
@@ -60,12 +64,27 @@ def time_rounds(run_round, state, data, sampled, rounds):
   return first, statistics.median(times)
 
 
-def bench_case(model_name, num_hospitals, mesh, rounds):
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """This machine's f32 matmul rate (GFLOP/s): the median of `repeats` jitted size^3 products."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  product = jax.jit(lambda x: x @ x)
+  product(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    product(a).block_until_ready()
+    times.append(time.perf_counter() - tic)
+  return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def bench_case(model_name, num_hospitals, mesh, rounds, peak_gflops):
   model_kwargs, image_size = MODEL_CASES[model_name]
   model = get_model(model_name, **model_kwargs)
   settings = engine.RoundSettings(
       model, optax.sgd(0.05, momentum=0.9), optax.sgd(1.0), _LOCAL_STEPS.value, 32, 1.0, 0.1,
       mesh_lib.default_unroll_local_steps())
+  auto = mesh_lib.default_hospital_axis(uses_convolutions(model, image_size))
+  bfloat16 = dataclasses.replace(settings, compute_dtype="bfloat16")
   data = hospital_data(num_hospitals, image_size)
   params = model.module.init(jax.random.key(0), jnp.zeros((1,) + data.images.shape[2:]))
   state = server.init_state(params, settings.server_optimizer)
@@ -73,6 +92,7 @@ def bench_case(model_name, num_hospitals, mesh, rounds):
   engines = {"sequential": (engine.sequential_round(settings), "host")}
   for axis in ("unroll", "vmap"):
     engines[f"compiled/{axis}"] = (engine.compiled_round(settings, mesh, axis), "host")
+  engines[f"compiled/{auto}, bfloat16"] = (engine.compiled_round(bfloat16, mesh, auto), "host")
   forward = jax.jit(model.module.apply).lower(
       params, jnp.zeros((32,) + data.images.shape[2:])).compile().cost_analysis()
   forward = forward[0] if isinstance(forward, list) else forward
@@ -84,7 +104,9 @@ def bench_case(model_name, num_hospitals, mesh, rounds):
     first, median = time_rounds(run_round, state, device_data, sampled, rounds)
     rows.append(dict(model=model_name, model_kwargs=model_kwargs, image_size=image_size,
                      hospitals=num_hospitals, engine=name, round_gflop=round_gflop,
-                     first_round_s=first, round_s=median, rounds_per_s=1.0 / median))
+                     first_round_s=first, round_s=median, rounds_per_s=1.0 / median,
+                     gflops=round_gflop / median,
+                     percent_of_matmul_peak=100 * round_gflop / median / peak_gflops))
     print(f"{model_name:10s} H={num_hospitals:3d} {name:18s} first {first:7.2f}s  "
           f"round {median:7.3f}s", flush=True)
   sequential = rows[0]["round_s"]
@@ -93,7 +115,7 @@ def bench_case(model_name, num_hospitals, mesh, rounds):
   return rows
 
 
-def markdown(rows, auto_axis):
+def markdown(rows, auto_axis, peak_gflops):
   lines = [
       "# Round throughput: compiled engine vs. sequential loop", "",
       f"Backend `{jax.default_backend()}`, devices: {', '.join(str(d) for d in jax.devices())}; "
@@ -101,15 +123,20 @@ def markdown(rows, auto_axis):
       f"K = {_LOCAL_STEPS.value} local steps, batch 32; small_cnn on 32x32 slices, mlp (one "
       f"hidden layer of 16) on 8x8, the dispatch-bound case; GFLOP/round = 3 x forward FLOPs "
       f"(XLA cost analysis) x K x H; "
-      f"median of {_ROUNDS.value} rounds after a warm-up round that compiles. "
+      f"median of {_ROUNDS.value} rounds after a warm-up round that compiles. Roofline: "
+      f"GFLOP/round / round time against the f32 matmul peak measured in the same run, "
+      f"{peak_gflops:.0f} GFLOP/s (a jitted 2048 x 2048 matmul; the bfloat16 row counts "
+      f"the same FLOPs). "
       f"`engine.hospital_axis=auto` picks, on this backend: "
       f"{', '.join(f'{m}: `{a}`' for m, a in auto_axis.items())}.", "",
       "Command: `python tools/bench_round.py`", "",
-      "| model | H | GFLOP/round | engine | first round (s) | round (ms) | rounds/s | x sequential |",
-      "|---|---|---|---|---|---|---|---|"]
+      "| model | H | GFLOP/round | engine | first round (s) | round (ms) | rounds/s | "
+      "x sequential | GFLOP/s | % of matmul peak |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
   lines += [f"| {r['model']} | {r['hospitals']} | {r['round_gflop']:.3g} | {r['engine']} | "
             f"{r['first_round_s']:.2f} | {1e3 * r['round_s']:.1f} | {r['rounds_per_s']:.2f} | "
-            f"{r['speedup_vs_sequential']:.2f} |"
+            f"{r['speedup_vs_sequential']:.2f} | {r['gflops']:.3g} | "
+            f"{r['percent_of_matmul_peak']:.2g} |"
             for r in rows]
   return "\n".join(lines) + "\n"
 
@@ -117,10 +144,12 @@ def markdown(rows, auto_axis):
 def main(argv):
   del argv
   mesh = mesh_lib.hospital_mesh(1)
+  peak_gflops = matmul_peak_gflops()
+  print(f"f32 matmul peak {peak_gflops:.0f} GFLOP/s", flush=True)
   rows = []
   for num_hospitals in map(int, _HOSPITALS.value):
     for model_name in _MODELS.value:
-      rows += bench_case(model_name, num_hospitals, mesh, _ROUNDS.value)
+      rows += bench_case(model_name, num_hospitals, mesh, _ROUNDS.value, peak_gflops)
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
   auto_axis = {name: mesh_lib.default_hospital_axis(
@@ -128,8 +157,8 @@ def main(argv):
       for name in _MODELS.value}
   out.with_suffix(".json").write_text(json.dumps(
       dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
-           auto_hospital_axis=auto_axis, rows=rows), indent=2))
-  out.with_suffix(".md").write_text(markdown(rows, auto_axis))
+           auto_hospital_axis=auto_axis, matmul_peak_gflops=peak_gflops, rows=rows), indent=2))
+  out.with_suffix(".md").write_text(markdown(rows, auto_axis, peak_gflops))
   print(f"wrote {out}.md and {out}.json")
 
 

@@ -3,6 +3,7 @@ federated vs centralized (Fig. 9).
 
   python tools/paper_experiments.py --experiment=providers [--seeds=0,1,2]
   python tools/paper_experiments.py --experiment=fed_vs_central [--seeds=0,1,2]
+  python tools/paper_experiments.py --experiment=precision [--seeds=0,1,2]
 
 providers: configs/fed9.py's recipe (phantom, small CNN, 40 rounds of 10 local Adam steps,
 S = 2, sigma = 0.1) with 3, 5, 7 and 9 hospitals sharing the same 180 patients, every
@@ -11,6 +12,9 @@ fed_vs_central: the same model and the same total data and local compute per rou
 trained by one site holding everything (90 local steps a round = 9 hospitals x 10), by 9
 hospitals iid by patient, and by 9 hospitals with Dirichlet label skew (alpha 0.5 and 0.1);
 no DP noise and no vote in any of them, so federation alone differs.
+privacy_at_scale: configs/scale1000.py (1,000 hospitals, 100 a round) at sigma 0, 1 and 3.
+precision: configs/fed9.py with local training in float32 and in bfloat16
+(engine.compute_dtype); accuracy and the median round time, compile excluded.
 
 Each (variant, seed) is one run (training.train_and_evaluate) under --runs_dir; a finished
 run (its summary.json exists) is read, not retrained, so an interrupted sweep resumes.
@@ -70,9 +74,14 @@ EXPERIMENTS = {
         Variant("σ 1", {"privacy.noise_multiplier": 1.0}),
         Variant("σ 3", {"privacy.noise_multiplier": 3.0}),
     )),
+    "precision": ("configs/fed9.py", "What does bfloat16 local training (engine.compute_dtype) "
+                  "change in accuracy and in time per round? (issue #12, mixed precision)", (
+        Variant("float32", {"engine.compute_dtype": "float32"}),
+        Variant("bfloat16", {"engine.compute_dtype": "bfloat16"}),
+    )),
 }
 # The variant the others are compared with, where an experiment has one.
-REFERENCE = {"privacy_at_scale": "non-private (σ 0)"}
+REFERENCE = {"privacy_at_scale": "non-private (σ 0)", "precision": "float32"}
 FINAL_METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 LAST_ROUNDS = 5  # the table's accuracy is also given as the mean of the last 5 rounds
 
@@ -105,7 +114,8 @@ def run_record(run_dir: pathlib.Path, variant: Variant, seed: int, wall_seconds)
               final={k: summary["final"].get(k) for k in FINAL_METRICS},
               epsilon=summary["privacy"]["epsilon"],
               accuracy=[r["accuracy"] for r in rounds], loss=[r["local_loss"] for r in rounds],
-              test_loss=[r["test_loss"] for r in rounds])
+              test_loss=[r["test_loss"] for r in rounds],
+              round_seconds=[r["round_seconds"] for r in rounds])
 
 
 def run_name_of(experiment: str, variant: Variant, seed: int) -> str:
@@ -161,7 +171,8 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
            setup_line(config_path, variants), "",
            f"| variant | n | final accuracy | accuracy, mean of the last {LAST_ROUNDS} rounds | "
            f"final AUC | sensitivity | specificity | rounds to 0.9 accuracy | ε (δ {delta:g}) | "
-           "wall time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "wall time (s) | median round (s), compile excluded |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for variant in variants:
     rows = [r for r in records if r["variant"] == variant.label]
     if not rows:
@@ -177,8 +188,17 @@ def markdown(experiment: str, records: list[dict], seeds_asked: list[int],
                       mean_sd([r["final"]["specificity"] for r in rows]),
                       ", ".join("never" if x is None else str(x) for x in reach),
                       ", ".join(sorted(eps)),
-                      mean_sd([r["wall_seconds"] for r in rows], 0)]) + " |")
+                      mean_sd([r["wall_seconds"] for r in rows], 0),
+                      _median_round(rows)]) + " |")
   return "\n".join(lines + _gaps(experiment, records, variants)) + "\n"
+
+
+def _median_round(rows) -> str:
+  """Median seconds of a round after the first (which compiles), mean ± sd over seeds;
+  '-' for records made before round times were kept."""
+  medians = [statistics.median(r["round_seconds"][1:]) for r in rows
+             if len(r.get("round_seconds", ())) > 1]
+  return mean_sd(medians, 3) if len(medians) == len(rows) else "-"
 
 
 def _last_rounds_mean(rows) -> float:

@@ -10,7 +10,8 @@ from tests.conftest import REPO_ROOT
 from tests.tools.test_report import _tool
 
 
-@pytest.mark.parametrize("experiment", ["providers", "fed_vs_central", "privacy_at_scale"])
+@pytest.mark.parametrize("experiment", ["providers", "fed_vs_central", "privacy_at_scale",
+                                        "precision"])
 def test_every_variant_is_a_valid_config_that_changes_only_what_it_says(experiment):
   tool = _tool("paper_experiments")
   config_path, _, variants = tool.EXPERIMENTS[experiment]
@@ -35,11 +36,14 @@ def test_a_tiny_providers_sweep_writes_its_table_plot_and_curves(tmp_path):
   records = json.loads((tmp_path / "out" / "providers.json").read_text())
   assert [r["variant"] for r in records] == ["3 hospitals", "5 hospitals", "7 hospitals",
                                              "9 hospitals"]
-  assert all(len(r["accuracy"]) == len(r["loss"]) == 2 for r in records)
+  assert all(len(r["accuracy"]) == len(r["loss"]) == len(r["round_seconds"]) == 2
+             for r in records)
   table = (tmp_path / "out" / "providers.md").read_text()
   assert "--num_rounds=2 --config=configs/tiny.py" in table
   for r in records:
     assert f"| {r['variant']} | 1 | {r['final']['accuracy']:.3f} |" in table
+    assert table.split(f"| {r['variant']} |")[1].splitlines()[0].endswith(
+        f" | {r['round_seconds'][1]:.3f} |")  # the median of the rounds after the first
   assert (tmp_path / "out" / "providers.png").stat().st_size > 10_000
   rerun = subprocess.run(  # finished runs are read back, not retrained
       [sys.executable, str(REPO_ROOT / "tools" / "paper_experiments.py"), "--experiment=providers",
