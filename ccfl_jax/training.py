@@ -192,6 +192,25 @@ def robustness_summary(config, records: list[dict]) -> dict:
   return summary
 
 
+class RoundInputs(NamedTuple):
+  sampled: np.ndarray              # hospital indices
+  roles: Any                       # the ledger's run_ledger.RoundRoles (None without a ledger)
+  prepared: engine.PreparedRound   # the round's slices, on their way to the devices
+
+
+def round_inputs(config, run, run_round: engine.RoundRunner, data, base_key,
+                 round_index: int) -> RoundInputs:
+  """Round t's hospitals, roles and prepared slices: functions of the seed and t alone
+  (sampling, the roles' eq. 10 and the batch draws), so the loop makes round t + 1's while
+  round t computes."""
+  sampled = sampling.sample_hospitals(config.seed, round_index, config.num_hospitals,
+                                      config.hospitals_per_round)
+  roles = processes.shared_roles(run.roles(round_index), run_ledger.RoundRoles)
+  prepared = run_round.prepare(data, sampled, jax.random.fold_in(base_key, round_index),
+                               None if roles is None else np.asarray(roles.verifiers))
+  return RoundInputs(sampled, roles, prepared)
+
+
 def train_and_evaluate(config, run_dir) -> dict:
   """Trains config.num_rounds federated rounds in `run_dir`; returns the summary (an empty
   dict on a process other than 0, which writes nothing: federated/processes.py)."""
@@ -224,15 +243,16 @@ def train_and_evaluate(config, run_dir) -> dict:
   round_times = []
   if rounds_done < config.num_rounds and primary:
     LOG.info("compiling the round (first round only) ...")
+  inputs = lambda t: round_inputs(config, run, run_round, device_data, base_key, t)
+  upcoming = None
   for round_index in range(rounds_done, config.num_rounds):
     tic = time.time()
-    sampled = sampling.sample_hospitals(config.seed, round_index, config.num_hospitals,
-                                        config.hospitals_per_round)
-    roles = processes.shared_roles(run.roles(round_index), run_ledger.RoundRoles)
+    sampled, roles, prepared = upcoming or inputs(round_index)
     failpoints.hit("round", round_index + 1)
-    state, out = run_round(state, device_data, sampled, jax.random.fold_in(base_key, round_index),
-                           None if roles is None else np.asarray(roles.verifiers),
-                           round_index=round_index)
+    state, pending = run_round.dispatch(state, device_data, prepared, round_index)
+    # The next round's slices are gathered and sent while this one computes.
+    upcoming = inputs(round_index + 1) if round_index + 1 < config.num_rounds else None
+    out = run_round.finish(pending, prepared)
     jax.block_until_ready(state)
     round_times.append(time.time() - tic)
     finite = recorder.finite_updates(out)

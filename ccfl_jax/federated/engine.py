@@ -367,6 +367,37 @@ def host_round_data(s: RoundSettings):
   return fn
 
 
+class PreparedRound(NamedTuple):
+  """A round's inputs, made before it runs: its sampled hospitals padded to the mesh (ids,
+  weights 1 real / 0 padding), verifiers, key and, with host placement, its slices already
+  sent to the devices (RoundData; on the host for the sequential loop; None with device
+  placement). Every part is a function of the seed and round index alone, so the loop can
+  make round t + 1's while round t computes (training.py)."""
+  ids: Any
+  weights: Any
+  verifiers: Any
+  round_key: Any
+  slices: Any
+  num_sampled: int
+
+
+class RoundRunner(NamedTuple):
+  """An engine's round in three steps, so that the next round's data moves while this one
+  computes: prepare(data, sampled, round_key, verifiers=None) -> PreparedRound;
+  dispatch(state, data, prepared, round_index=0) -> (new state, outputs as dispatched:
+  asynchronous on an accelerator); finish(outputs, prepared) -> RoundOutput. Called as
+  run_round(state, data, sampled, round_key, verifiers=None, round_index=0), it does the
+  three in a row."""
+  prepare: Any
+  dispatch: Any
+  finish: Any
+
+  def __call__(self, state, data, sampled, round_key, verifiers=None, round_index=0):
+    prepared = self.prepare(data, sampled, round_key, verifiers)
+    state, out = self.dispatch(state, data, prepared, round_index)
+    return state, self.finish(out, prepared)
+
+
 def _check_verifiers(settings: RoundSettings, verifiers):
   if settings.consensus is not None and verifiers is None:
     raise ValueError("a round with a consensus rule needs its verifiers (run_ledger.round_roles)")
@@ -453,22 +484,27 @@ def compiled_round(settings: RoundSettings, mesh, hospital_axis: str,
   replicated = NamedSharding(mesh, P())
   round_data_on_host = host_round_data(settings)
 
-  def run_round(state, data, sampled, round_key, verifiers=None, round_index=0):
+  def prepare(data, sampled, round_key, verifiers=None) -> PreparedRound:
     ids, weights = mesh_lib.pad_sampled(np.asarray(sampled), num_devices)
     verifiers = _check_verifiers(settings, verifiers)
+    slices = None
+    if data_placement == "host":  # gathered on the host, the transfer started (asynchronous)
+      slices = round_data_on_host(data, ids, verifiers, round_key)
+      slices = jax.device_put(slices, round_data_lib.shardings(mesh, slices))
+    return PreparedRound(ids, weights, verifiers, round_key, slices, len(sampled))
+
+  def dispatch(state, data, prepared: PreparedRound, round_index=0):
     # Same sharding as the step's output, so the second round does not recompile.
     state = jax.device_put(state, replicated)
     first_step = settings.first_step(round_index)
+    p = prepared
     if data_placement == "device":
-      state, out = step_on_device_data(state, data, ids, weights, verifiers, round_key,
-                                       first_step)
-      return state, _without_padding(out, len(sampled))
-    slices = round_data_on_host(data, ids, verifiers, round_key)
-    slices = jax.device_put(slices, round_data_lib.shardings(mesh, slices))
-    state, out = step(state, slices, ids, weights, round_key, first_step)
-    return state, _without_padding(out, len(sampled))
+      return step_on_device_data(state, data, p.ids, p.weights, p.verifiers, p.round_key,
+                                 first_step)
+    return step(state, p.slices, p.ids, p.weights, p.round_key, first_step)
 
-  return run_round
+  return RoundRunner(prepare, dispatch,
+                     lambda out, prepared: _without_padding(out, prepared.num_sampled))
 
 
 def sequential_round(settings: RoundSettings):
@@ -500,21 +536,26 @@ def sequential_round(settings: RoundSettings):
                         settings)
     return state, _with_update_statistics(out, deltas, aggregate_weights, settings)
 
-  def run_round(state, data, sampled, round_key, verifiers=None, round_index=0):
+  def prepare(data, sampled, round_key, verifiers=None) -> PreparedRound:
     """data: hospitals.HospitalData in host memory; each hospital's slices of the round are
     gathered there and go with its own dispatch, as a data loader would hand them over."""
     sampled = np.asarray(sampled, np.int32)
     verifiers = _check_verifiers(settings, verifiers)
-    ids = jnp.asarray(sampled, jnp.int32)
+    return PreparedRound(sampled, np.ones(len(sampled), np.float32), verifiers, round_key,
+                         round_data_on_host(data, sampled, verifiers, round_key), len(sampled))
+
+  def dispatch(state, data, prepared: PreparedRound, round_index=0):
+    del data  # prepared.slices holds the round's
+    ids = jnp.asarray(prepared.ids, jnp.int32)
+    round_key, slices = prepared.round_key, prepared.slices
     keys = hospital_keys(round_key, ids)
     malicious = attacks.malicious_flags(settings.attack, ids)
-    slices = round_data_on_host(data, sampled, verifiers, round_key)
-    own_batches = ([None] * len(sampled) if slices.own_batches is None
+    own_batches = ([None] * prepared.num_sampled if slices.own_batches is None
                    else tree_util.unstack(slices.own_batches))
     shared = RoundShared(state.params, jax.device_put(slices.verifier_batches),
                          settings.first_step(round_index))
     deltas, stats = [], []
-    for i in range(len(sampled)):
+    for i in range(prepared.num_sampled):
       delta, hospital_stats = hospital_step(
           shared, HospitalInputs(tree_util.index(slices.local, i), keys[i], malicious[i],
                                  own_batches[i]))
@@ -529,7 +570,7 @@ def sequential_round(settings: RoundSettings):
                  for i, hospital_stats in enumerate(stats)]
     return finish(state, deltas, stats, malicious, round_key)
 
-  return run_round
+  return RoundRunner(prepare, dispatch, lambda out, prepared: out)
 
 
 def put_hospital_data(data, mesh, data_placement: str):

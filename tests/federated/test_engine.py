@@ -277,3 +277,32 @@ def test_scheduled_compiled_round_equals_sequential_and_compiles_once(hospital_d
   assert len(traces) == 1  # round_index is traced: one compile for every round
   assert not np.allclose(np.asarray(jax.tree.leaves(by_round[0].params)[0]),
                          np.asarray(jax.tree.leaves(by_round[1].params)[0]))
+
+
+@pytest.mark.parametrize("kind, placement", [("compiled", "host"), ("compiled", "device"),
+                                             ("sequential", "host")])
+def test_preparing_the_next_round_while_this_one_computes_changes_nothing(
+    hospital_data, kind, placement):
+  """What the training loop does (round t + 1's slices made between round t's dispatch and
+  its finish) gives the bits of rounds run one after the other."""
+  settings = _settings(noise_multiplier=0.3, hidden=(16,))
+  state = _initial_state(settings)
+  mesh = mesh_lib.hospital_mesh(2)
+  runner = (engine.compiled_round(settings, mesh, "vmap", placement) if kind == "compiled"
+            else engine.sequential_round(settings))
+  data = engine.put_hospital_data(hospital_data, mesh, placement)
+  rounds = [(SAMPLED, jax.random.key(100)), (np.array([1, 4, 5]), jax.random.key(101))]
+  plain_state, plain_outs = state, []
+  for r, (sampled, key) in enumerate(rounds):
+    plain_state, out = runner(plain_state, data, sampled, key, round_index=r)
+    plain_outs.append(out)
+  overlapped_state, overlapped_outs = state, []
+  prepared = runner.prepare(data, *rounds[0])
+  for r in range(len(rounds)):
+    overlapped_state, pending = runner.dispatch(overlapped_state, data, prepared, r)
+    upcoming = runner.prepare(data, *rounds[r + 1]) if r + 1 < len(rounds) else None
+    overlapped_outs.append(runner.finish(pending, prepared))
+    prepared = upcoming
+  for a, b in zip(jax.tree.leaves((plain_state, plain_outs)),
+                  jax.tree.leaves((overlapped_state, overlapped_outs))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
