@@ -74,8 +74,8 @@ EXPERIMENTS = {
         Variant("σ 1", {"privacy.noise_multiplier": 1.0}),
         Variant("σ 3", {"privacy.noise_multiplier": 3.0}),
     )),
-    "precision": ("configs/fed9.py", "What does bfloat16 local training (engine.compute_dtype) "
-                  "change in accuracy and in time per round? (issue #12, mixed precision)", (
+    "precision": ("configs/fed9.py", "What does bfloat16 local training change in accuracy "
+                  "and in time per round? (engine.compute_dtype; issue #12, mixed precision)", (
         Variant("float32", {"engine.compute_dtype": "float32"}),
         Variant("bfloat16", {"engine.compute_dtype": "bfloat16"}),
     )),
