@@ -1,7 +1,9 @@
-"""The committed results say what their files say: the example run verifies with its anchors,
-and the README's headline numbers are those of results/fed9."""
+"""The committed results say what their files say: the example run and the fed9 run verify
+with their anchors, and the README's headline numbers are those of results/fed9."""
 import json
 import re
+
+import pytest
 
 from ccfl_jax.ledger import audit
 from tests.conftest import REPO_ROOT
@@ -9,13 +11,14 @@ from tests.conftest import REPO_ROOT
 RESULTS = REPO_ROOT / "results"
 
 
-def test_the_committed_example_run_verifies_with_its_trust_anchors():
-  keys = audit.read_trusted_keys(RESULTS / "example_tiny.trusted_keys.txt")
-  head = (RESULTS / "example_tiny.head.txt").read_text().strip()
-  report = audit.verify_run(RESULTS / "example_tiny", trusted_keys=keys, head=head)
-  assert report.ok and report.closed and report.rounds == 2, report.summary()
+@pytest.mark.parametrize("run, rounds, checkpoints", [("example_tiny", 2, 2), ("fed9", 40, 1)])
+def test_a_committed_run_verifies_with_its_trust_anchors(run, rounds, checkpoints):
+  keys = audit.read_trusted_keys(RESULTS / f"{run}.trusted_keys.txt")
+  head = (RESULTS / f"{run}.head.txt").read_text().strip()
+  report = audit.verify_run(RESULTS / run, trusted_keys=keys, head=head)
+  assert report.ok and report.closed and report.rounds == rounds, report.summary()
   assert not report.not_established, report.summary()
-  assert report.checkpoints_rehashed == 2
+  assert report.checkpoints_rehashed == checkpoints
 
 
 def test_readme_fed9_numbers_are_those_of_its_summary():
