@@ -27,11 +27,12 @@ def _tool(name):
 
 
 def _curve_records(experiment, accuracy_by_variant):
+  """Two seeds a variant; variant i's rounds after the first (which compiles) take 1 + i s."""
   return [dict(variant=label, seed=seed, wall_seconds=10.0 + seed,
                final=dict(accuracy=accuracy[-1], auc=0.9, sensitivity=0.8, specificity=0.7),
                epsilon=None, accuracy=accuracy, loss=[1.0 / r for r in range(1, 7)],
-               test_loss=[1.0] * 6)
-          for label, accuracy in accuracy_by_variant.items() for seed in (0, 1)]
+               test_loss=[1.0] * 6, round_seconds=[20.0] + [1.0 + i] * 5)
+          for i, (label, accuracy) in enumerate(accuracy_by_variant.items()) for seed in (0, 1)]
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def results(tmp_path):
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "results" / name, tmp_path / name)
   experiments = _tool("paper_experiments")
-  for name in ("providers", "fed_vs_central", "privacy_at_scale"):
+  for name in ("providers", "fed_vs_central", "privacy_at_scale", "precision"):
     variants = experiments.EXPERIMENTS[name][2]
     records = _curve_records(name, {v.label: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95 - 0.1 * i]
                                     for i, v in enumerate(variants)})
@@ -71,6 +72,8 @@ def test_report_numbers_come_from_the_results_files(results):
   assert ("σ 1 (ε = inf) ends 2.0 points below the non-private 0.790 (last-5-round accuracy, "
           "2 seed(s)): the 3-point target is met.") in report
   assert "σ 3 (ε = inf) ends 4.0 points below" in report and "target is missed" in report
+  assert ("bfloat16 local training ends at 0.770 last-5-round accuracy against float32's "
+          "0.790 (2/2 seeds); its rounds take 2.00x as long") in report
 
 
 @pytest.mark.parametrize("missing", ["providers.json", "robustness.png", "fed9/summary.json"])
