@@ -31,3 +31,10 @@ def test_readme_fed9_numbers_are_those_of_its_summary():
     assert f"{name.upper() if name == 'auc' else name} {final[name]:.3f}" in line, name
   assert f"(ε, δ) = ({summary['privacy']['epsilon']:.1e}".replace("e+0", "e") in line
   assert f"{summary['seconds_this_process']:.0f} s" in line
+
+
+def test_readme_install_numbers_are_those_of_results_install():
+  install = json.loads((RESULTS / "install.json").read_text())
+  readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+  assert (f"took at most {install['max_seconds']} s and {install['venv_mib']} MiB "
+          f"({install['packages']} packages) in `results/install.md`") in readme
