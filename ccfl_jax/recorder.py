@@ -288,9 +288,9 @@ class RunRecorder:
 class FollowingRecorder:
   """What a process other than 0 keeps of the run (federated/processes.py): nothing on disk.
   Its restore and roles are placeholders of the primary's shape, which the training loop
-  replaces with process 0's values (processes.from_primary)."""
+  replaces with process 0's values (processes.from_primary); the loop records rounds and
+  closes the run on process 0 only."""
   config: object
-  records: list = dataclasses.field(default_factory=list)
 
   def restore(self, initial_state):
     return initial_state, 0, checkpointing.PrivacyHistory()
@@ -303,9 +303,3 @@ class FollowingRecorder:
 
   def latest_step(self) -> None:
     return None
-
-  def record(self, *args, **kwargs) -> None:
-    pass
-
-  def close(self, output_names) -> None:
-    pass

@@ -289,7 +289,8 @@ def train_and_evaluate(config, run_dir) -> dict:
                 privacy.epsilon_report(config.num_hospitals, history.sampled,
                                        history.noise_multipliers, p.delta)["accountant"])
   summary = reporting.summarize(config, run.records, data.counts, data.skipped,
-                                time.time() - started, environment.describe(jax.devices(), jax.process_count()),
+                                time.time() - started,
+                                environment.describe(jax.devices(), jax.process_count()),
                                 accountant, data.warnings,
                                 models.parameter_counts(state.params,
                                                         model.trainable_mask(state.params)))
