@@ -74,6 +74,16 @@ def _mean(values) -> float:
   return statistics.mean(values) if values else float("nan")
 
 
+def runs_by_variant(runs: list[dict]):
+  """A paper_experiments results file's runs grouped by variant (in order of appearance),
+  and each variant's test accuracy over its last 5 rounds, the mean over its seeds."""
+  by_variant = {}
+  for r in runs:
+    by_variant.setdefault(r["variant"], []).append(r)
+  last = {v: _mean([_mean(r["accuracy"][-5:]) for r in rows]) for v, rows in by_variant.items()}
+  return by_variant, last
+
+
 # --- what each experiment shows, from its numbers ----------------------------------------
 
 
@@ -105,11 +115,7 @@ def ucsd_findings(results):
 
 def curves_findings(name: str, reference: str):
   def findings(results):
-    runs = read_json(results, f"{name}.json")
-    by_variant = {}
-    for r in runs:
-      by_variant.setdefault(r["variant"], []).append(r)
-    last = {v: _mean([_mean(r["accuracy"][-5:]) for r in rows]) for v, rows in by_variant.items()}
+    by_variant, last = runs_by_variant(read_json(results, f"{name}.json"))
     best, worst = max(last, key=last.get), min(last, key=last.get)
     seeds = sorted({len(rows) for rows in by_variant.values()})
     return [f"Mean test accuracy over the last 5 rounds ranges from {last[worst]:.3f} "
@@ -131,11 +137,7 @@ def privacy_findings(results):
 
 
 def privacy_at_scale_findings(results):
-  runs = read_json(results, "privacy_at_scale.json")
-  by_variant = {}
-  for r in runs:
-    by_variant.setdefault(r["variant"], []).append(r)
-  last = {v: _mean([_mean(r["accuracy"][-5:]) for r in rows]) for v, rows in by_variant.items()}
+  by_variant, last = runs_by_variant(read_json(results, "privacy_at_scale.json"))
   reference = next(v for v in by_variant if "non-private" in v)
   lines = []
   for variant, rows in by_variant.items():
@@ -150,11 +152,7 @@ def privacy_at_scale_findings(results):
 
 
 def precision_findings(results):
-  runs = read_json(results, "precision.json")
-  by_variant = {}
-  for r in runs:
-    by_variant.setdefault(r["variant"], []).append(r)
-  last = {v: _mean([_mean(r["accuracy"][-5:]) for r in rows]) for v, rows in by_variant.items()}
+  by_variant, last = runs_by_variant(read_json(results, "precision.json"))
   round_s = {v: _mean([statistics.median(r["round_seconds"][1:]) for r in rows])
              for v, rows in by_variant.items()}
   seeds = "/".join(str(len(rows)) for rows in by_variant.values())
